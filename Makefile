@@ -1,0 +1,57 @@
+# The two commands: `make run` (the bridge, with a local Kafka unless one is configured) and
+# `make test` (unit and integration tests against a real broker the tests start themselves).
+PYTHON ?= python3
+VENV := .venv
+LOCAL := .local
+TLS := $(LOCAL)/tls
+KAFKA_LOCAL := $(PYTHON) deploy/kafka-local/kafkalocal.py
+
+.PHONY: run test unit kafka kafka-stop kafka-jars certs venv lock clean consume
+
+run: venv certs
+	@deploy/local-run.sh
+
+test: venv kafka-jars
+	$(VENV)/bin/pytest
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or later is needed (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $@
+
+certs:
+	@deploy/tls/make-dev-certs.sh $(TLS)
+
+kafka-jars:
+	@$(KAFKA_LOCAL) jars
+
+kafka: certs
+	@$(KAFKA_LOCAL) start --home $(LOCAL)/kafka --tls-dir $(TLS)
+
+kafka-stop:
+	@$(KAFKA_LOCAL) stop --home $(LOCAL)/kafka
+
+# Re-pin constraints.txt from a fresh resolution of pyproject.toml's ranges.
+lock:
+	rm -rf $(LOCAL)/lock-venv && $(PYTHON) -m venv $(LOCAL)/lock-venv
+	$(LOCAL)/lock-venv/bin/pip install --quiet --upgrade pip
+	$(LOCAL)/lock-venv/bin/pip install --quiet '.[test]'
+	$(LOCAL)/lock-venv/bin/pip freeze --exclude cc-gateway-bridge > constraints.txt
+	rm -rf $(LOCAL)/lock-venv
+
+clean: kafka-stop
+	rm -rf $(VENV) $(LOCAL) deploy/kafka-local/target build *.egg-info
+
+# Print what the bridge wrote: make consume [TOPIC=cc.agent.events]
+TOPIC ?= cc.agent.events
+consume: kafka-jars
+	java -cp 'deploy/kafka-local/target/lib/*' -Dlog4j2.configurationFile=deploy/kafka-local/log4j2.properties \
+	  org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server 127.0.0.1:9092 --topic $(TOPIC) \
+	  --from-beginning --property print.key=true --property print.headers=true

@@ -1,0 +1,117 @@
+"""The CC-Gateway push contract: request body, return codes and response bodies. Pure, no I/O.
+
+Every answer is `{"message": ..., "retcode": ...}`. Success is exactly
+`{"message": "success", "retcode": "0"}`; each failure carries a gateway-style retcode, a fitting
+HTTP status and a message naming what is wrong and where.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+CONTENT_TYPE = b"application/json; charset=UTF-8"
+SUCCESS_BODY = orjson.dumps({"message": "success", "retcode": "0"})
+
+# retcodes, in the gateway's own vocabulary
+WRONG_METHOD = "000-001"
+BAD_GUID = "000-002"
+NOT_PERMITTED = "000-003"
+BAD_MESSAGE = "000-006"
+BAD_TOKEN_FORMAT = "100-001"
+UNAVAILABLE = "100-007"
+
+
+class Refusal(Exception):
+    """A push that is answered with a failure. `message` must never contain a secret."""
+
+    def __init__(self, status: int, retcode: str, message: str,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retcode = retcode
+        self.message = message
+        self.headers = headers
+
+
+def failure_body(refusal: Refusal) -> bytes:
+    return orjson.dumps({"message": refusal.message, "retcode": refusal.retcode})
+
+
+def bad_message(message: str) -> Refusal:
+    return Refusal(400, BAD_MESSAGE, message)
+
+
+def too_large(limit: int) -> Refusal:
+    return Refusal(413, BAD_MESSAGE, f"request body is larger than {limit} bytes")
+
+
+def unavailable(message: str, retry_after_s: int = 10) -> Refusal:
+    return Refusal(503, UNAVAILABLE, message, ((b"retry-after", str(retry_after_s).encode()),))
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """A validated push: the agent's workNo (as text), its events oldest first, and per event
+    the agent it belongs to (the event's own workNo, else the push's)."""
+
+    work_no: str
+    events: list[dict[str, Any]]
+    agents: list[str]
+
+
+def check_content_type(value: str | None) -> None:
+    """Accept JSON in UTF-8; a missing header is tolerated (the body is checked anyway)."""
+    if value is None:
+        return
+    media_type, _, params = value.partition(";")
+    media_type = media_type.strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise Refusal(415, BAD_MESSAGE, f"Content-Type {media_type!r} is not application/json")
+    for param in params.split(";"):
+        name, _, charset = param.partition("=")
+        if name.strip().lower() == "charset" and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise Refusal(415, BAD_MESSAGE, f"charset {charset.strip()!r} is not UTF-8")
+
+
+def work_no_text(value: Any, where: str) -> str:
+    """workNo arrives as a string or, from some gateways, as a number; both become text."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise bad_message(f"{where} must be a non-empty string or an integer")
+
+
+def parse_push(body: bytes, max_events: int) -> Push:
+    """Parse and check a push body; raise Refusal naming the first problem found."""
+    if not body:
+        raise bad_message("request body is empty; expected a JSON object with workNo and eventList")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_message(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise bad_message("request body must be a JSON object with workNo and eventList")
+    if "workNo" not in data:
+        raise bad_message("workNo is missing")
+    work_no = work_no_text(data["workNo"], "workNo")
+    events = data.get("eventList")
+    if not isinstance(events, list):
+        raise bad_message("eventList is missing" if events is None else "eventList must be an array")
+    if not events:
+        raise bad_message("eventList is empty")
+    if len(events) > max_events:
+        raise Refusal(413, BAD_MESSAGE, f"eventList has {len(events)} events; the limit is {max_events}")
+    agents = []
+    for index, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise bad_message(f"eventList[{index}] must be an object")
+        event_type = event.get("eventType")
+        if not isinstance(event_type, str) or not event_type:
+            raise bad_message(f"eventList[{index}].eventType must be a non-empty string")
+        own = event.get("workNo")
+        # The vendor's example leaves workNo empty; absent, null and "" all mean "the push's agent".
+        agents.append(work_no if own is None or own == "" else work_no_text(own, f"eventList[{index}].workNo"))
+    return Push(work_no, events, agents)

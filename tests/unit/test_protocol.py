@@ -1,0 +1,66 @@
+import orjson
+import pytest
+
+from bridge import protocol
+from bridge.protocol import Refusal, parse_push
+
+
+def refusal(body, max_events=100) -> Refusal:
+    with pytest.raises(Refusal) as caught:
+        parse_push(body if isinstance(body, bytes) else orjson.dumps(body), max_events)
+    return caught.value
+
+
+def test_success_body_is_exact():
+    assert protocol.SUCCESS_BODY == b'{"message":"success","retcode":"0"}'
+    assert orjson.loads(protocol.SUCCESS_BODY) == {"message": "success", "retcode": "0"}
+
+
+def test_parse_keeps_events_and_resolves_each_events_agent():
+    push = parse_push(orjson.dumps({"workNo": 1001, "eventList": [
+        {"eventType": "A"}, {"eventType": "B", "workNo": "2002"}, {"eventType": "C", "workNo": None},
+        {"eventType": "D", "workNo": ""}, {"eventType": "E", "workNo": 3003}]}), 10)
+    assert push.work_no == "1001"
+    assert push.agents == ["1001", "2002", "1001", "1001", "3003"]
+    assert [e["eventType"] for e in push.events] == ["A", "B", "C", "D", "E"]
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"", 400, "empty"),
+    (b"{", 400, "not valid JSON"),
+    (b"[]", 400, "JSON object"),
+    ({"eventList": [{"eventType": "A"}]}, 400, "workNo is missing"),
+    ({"workNo": "", "eventList": [{"eventType": "A"}]}, 400, "workNo must be"),
+    ({"workNo": 1.5, "eventList": [{"eventType": "A"}]}, 400, "workNo must be"),
+    ({"workNo": "1"}, 400, "eventList is missing"),
+    ({"workNo": "1", "eventList": {}}, 400, "eventList must be an array"),
+    ({"workNo": "1", "eventList": []}, 400, "eventList is empty"),
+    ({"workNo": "1", "eventList": ["x"]}, 400, "eventList[0] must be an object"),
+    ({"workNo": "1", "eventList": [{"eventType": "A"}, {"eventType": 5}]}, 400, "eventList[1].eventType"),
+    ({"workNo": "1", "eventList": [{"eventType": "A", "workNo": False}]}, 400, "eventList[0].workNo"),
+    ({"workNo": "1", "eventList": [{"eventType": "A"}] * 101}, 413, "limit is 100"),
+])
+def test_refusals_name_the_problem(body, status, words):
+    caught = refusal(body)
+    assert caught.status == status and caught.retcode == protocol.BAD_MESSAGE
+    assert words in caught.message
+
+
+@pytest.mark.parametrize("value", [None, "application/json", "application/json; charset=UTF-8",
+                                   "Application/JSON;charset=utf-8", "application/vnd.x+json"])
+def test_json_content_types_pass(value):
+    protocol.check_content_type(value)
+
+
+@pytest.mark.parametrize("value", ["text/plain", "application/x-www-form-urlencoded",
+                                   "application/json; charset=GBK"])
+def test_other_content_types_are_refused(value):
+    with pytest.raises(Refusal) as caught:
+        protocol.check_content_type(value)
+    assert caught.value.status == 415
+
+
+def test_unavailable_carries_retry_after():
+    caught = protocol.unavailable("Kafka is not reachable")
+    assert caught.status == 503 and caught.retcode == "100-007"
+    assert dict(caught.headers)[b"retry-after"] == b"10"
