@@ -42,6 +42,8 @@ class Settings:
     kafka_linger_ms: int = 2
     host: str = "127.0.0.1"
     port: int = 8043
+    management_host: str = "127.0.0.1"
+    management_port: int = 8081
     push_path: str = DEFAULT_PUSH_PATH
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
@@ -185,6 +187,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     certfile, keyfile = r.file("KAFKA_SSL_CERTFILE"), r.file("KAFKA_SSL_KEYFILE")
     if (certfile is None) != (keyfile is None):
         raise ConfigError(f"{PREFIX}KAFKA_SSL_CERTFILE and {PREFIX}KAFKA_SSL_KEYFILE go together")
+    host = r.text("HOST", "127.0.0.1")
+    port = r.number("PORT", 8043, 1, 65535)
+    management_port = r.number("MANAGEMENT_PORT", 8081, 1, 65535)
+    if management_port == port:
+        raise ConfigError(f"{PREFIX}MANAGEMENT_PORT={management_port} must differ from {PREFIX}PORT")
     settings = Settings(
         kafka_bootstrap_servers=r.required(
             "KAFKA_BOOTSTRAP_SERVERS", "comma-separated host:port list of the Kafka brokers"
@@ -194,8 +201,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_ssl_certfile=certfile,
         kafka_ssl_keyfile=keyfile,
         kafka_linger_ms=r.number("KAFKA_LINGER_MS", 2, 0, 1000),
-        host=r.text("HOST", "127.0.0.1"),
-        port=r.number("PORT", 8043, 1, 65535),
+        host=host,
+        port=port,
+        management_host=r.text("MANAGEMENT_HOST", host),
+        management_port=management_port,
         push_path=push_path,
         tls_certfile=tls_certfile,
         tls_keyfile=tls_keyfile,

@@ -98,8 +98,13 @@ class Bridge:
     env: dict[str, str]
     tls: Path | None
     port: int = field(default_factory=free_port)
+    management_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
 
     @property
     def url(self) -> str:
@@ -108,7 +113,8 @@ class Bridge:
 
     def start(self, log_dir: Path, wait: bool = True) -> "Bridge":
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        env.update(self.env, BRIDGE_PORT=str(self.port), BRIDGE_HOST="127.0.0.1")
+        env.update(self.env, BRIDGE_PORT=str(self.port), BRIDGE_HOST="127.0.0.1",
+                   BRIDGE_MANAGEMENT_PORT=str(self.management_port))
         if self.tls is not None:
             env.update(BRIDGE_TLS_CERTFILE=str(self.tls / "server.pem"), BRIDGE_TLS_KEYFILE=str(self.tls / "server.key"))
         self.log_path = log_dir / f"bridge-{self.port}.log"

@@ -1,0 +1,1 @@
+"""Benchmarks, the gateway simulator and fault drills (not part of the installed package)."""
