@@ -24,7 +24,8 @@ def tls_context(_config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) 
     return context
 
 
-def uvicorn_config(settings: config.Settings) -> uvicorn.Config:
+def uvicorn_config(settings: config.Settings, app=None) -> uvicorn.Config:
+    """The push server's uvicorn settings; `app` defaults to the bridge (benchmarks pass others)."""
     tls: dict = {}
     if not settings.insecure_http:
         tls = {
@@ -34,7 +35,7 @@ def uvicorn_config(settings: config.Settings) -> uvicorn.Config:
             "ssl_context_factory": tls_context,
         }
     return uvicorn.Config(
-        create_app(settings),
+        app if app is not None else create_app(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
