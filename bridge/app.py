@@ -1,30 +1,35 @@
-"""The ASGI application: the push route and the producer's lifespan.
+"""The ASGI applications: the push route with the producer's lifespan, and the management app.
 
 A push travels top to bottom through `PushEndpoint.__call__`:
 method -> headers (auth) -> body (size bound) -> protocol (parse) -> records -> publisher -> answer.
-Every exit answers the two-field JSON body; nothing escapes as a 500.
+Every exit answers the two-field JSON body and writes one `pushEvent` log line; nothing escapes
+as a 500. Refused pushes from an authenticated gateway are kept in the dead-letter topic.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import protocol
 from .auth import Authenticator, mask_guid
 from .config import Settings
+from .metrics import Metrics
 from .protocol import CONTENT_TYPE, SUCCESS_BODY, Refusal
 from .publisher import Publisher, PublishError
-from .records import Router, build_records
+from .records import Router, build_records, dead_letter_record
 
 log = logging.getLogger("bridge.push")
+KEPT_REFUSALS = (400, 413, 415)  # malformed pushes: kept in the dead-letter topic when authenticated
 
 
 async def answer(send: Send, status: int, body: bytes,
@@ -57,12 +62,14 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
 class PushEndpoint:
     """ASGI app for the push path (any method reaches it, so it can answer 405 in JSON)."""
 
-    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+    def __init__(self, settings: Settings, publisher: Publisher, metrics: Metrics) -> None:
         self._settings = settings
         self._auth = Authenticator(settings.service_tokens, settings.allow_no_token)
         self._router = Router(settings.topic, settings.routes)
         self._publisher = publisher
+        self._metrics = metrics
         self._inflight = 0
+        self._ok_level = logging.getLevelName(settings.push_log_level.upper())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -77,63 +84,110 @@ class PushEndpoint:
                 content_type = value.decode("latin-1")
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
-        work_no = "-"
+        outcome = {"operation": "pushEvent", "guid": mask_guid(guid), "workNo": None, "events": None}
+        node: str | None = None  # set once the sender is authenticated
+        body = b""
+        self._inflight += 1
+        self._metrics.inflight.inc()
         try:
             if scope["method"] != "POST":
                 raise Refusal(405, protocol.WRONG_METHOD, f"method {scope['method']} is not allowed; use POST",
-                              ((b"allow", b"POST"),))
+                              "method", ((b"allow", b"POST"),))
             node = self._auth.check(guid, token)
+            if self._inflight > self._settings.max_inflight_pushes:
+                raise protocol.unavailable(f"{self._settings.max_inflight_pushes} pushes are already in flight",
+                                           "overloaded", retry_after_s=1)
+            body = await read_body(receive, self._settings.max_body_bytes, declared)
+            if body is None:
+                return  # the gateway hung up; nothing was published
             protocol.check_content_type(content_type)
-            if self._inflight >= self._settings.max_inflight_pushes:
-                raise protocol.unavailable(
-                    f"{self._settings.max_inflight_pushes} pushes are already in flight", retry_after_s=1)
-            self._inflight += 1
+            push = protocol.parse_push(body, self._settings.max_events_per_push)
+            outcome.update(workNo=push.work_no, events=len(push.events))
             try:
-                body = await read_body(receive, self._settings.max_body_bytes, declared)
-                if body is None:
-                    return  # the gateway hung up; nothing was published
-                push = protocol.parse_push(body, self._settings.max_events_per_push)
-                work_no = push.work_no
-                try:
-                    await self._publisher.publish(build_records(push, node, self._router))
-                except PublishError as exc:
-                    raise protocol.unavailable(str(exc)) from None
-            finally:
-                self._inflight -= 1
+                await self._publisher.publish(build_records(push, node, self._router))
+            except PublishError as exc:
+                raise protocol.unavailable(str(exc), "kafka") from None
         except Refusal as refusal:
-            log.warning("pushEvent refused: retcode=%s status=%d workNo=%s guid=%s reason=%s",
-                        refusal.retcode, refusal.status, work_no, mask_guid(guid), refusal.message)
-            await answer(send, refusal.status, protocol.failure_body(refusal), refusal.headers)
+            await self._refuse(send, refusal, node, body, declared, outcome, started)
             return
-        except Exception:  # a bug: log it whole here, answer without detail
-            log.exception("pushEvent failed unexpectedly: workNo=%s guid=%s", work_no, mask_guid(guid))
-            refusal = protocol.unavailable("internal error")
-            await answer(send, refusal.status, protocol.failure_body(refusal), refusal.headers)
+        except Exception:  # a bug: logged whole here, answered without detail
+            log.exception("pushEvent failed unexpectedly", extra={"fields": outcome})
+            await self._refuse(send, protocol.unavailable("internal error", "internal"), None, b"", None,
+                               outcome, started)
             return
-        log.debug("pushEvent ok: workNo=%s events=%d ms=%.1f", work_no, len(push.events),
-                  (time.perf_counter() - started) * 1000)
+        finally:
+            self._inflight -= 1
+            self._metrics.inflight.dec()
         await answer(send, 200, SUCCESS_BODY)
+        elapsed = time.perf_counter() - started
+        self._metrics.ok.inc()
+        self._metrics.push_seconds.observe(elapsed)
+        if log.isEnabledFor(self._ok_level):
+            outcome.update(retcode="0", status=200, duration_ms=round(elapsed * 1000, 2))
+            log.log(self._ok_level, "pushEvent accepted", extra={"fields": outcome})
+
+    async def _refuse(self, send: Send, refusal: Refusal, node: str | None, body: bytes, declared: int | None,
+                      outcome: dict, started: float) -> None:
+        if node is not None and refusal.status in KEPT_REFUSALS and self._settings.dead_letter_topic:
+            outcome["kept"] = await self._publisher.dead_letter(dead_letter_record(
+                self._settings.dead_letter_topic, body, refusal.status, refusal.retcode, refusal.message,
+                node, declared if not body else None))
+        await answer(send, refusal.status, protocol.failure_body(refusal), refusal.headers)
+        elapsed = time.perf_counter() - started
+        self._metrics.pushes.labels(refusal.retcode).inc()
+        self._metrics.rejected.labels(refusal.reason).inc()
+        self._metrics.push_seconds.observe(elapsed)
+        outcome.update(retcode=refusal.retcode, status=refusal.status, reason=refusal.message,
+                       duration_ms=round(elapsed * 1000, 2))
+        log.warning("pushEvent refused", extra={"fields": outcome})
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
-    refusal = Refusal(404, protocol.BAD_GUID, f"no such path {request.url.path!r}")
+    refusal = Refusal(404, protocol.BAD_GUID, f"no such path {request.url.path!r}", "path")
     return Response(protocol.failure_body(refusal), 404, media_type=CONTENT_TYPE.decode())
 
 
-def create_app(settings: Settings, publisher: Publisher | None = None) -> Starlette:
+def create_app(settings: Settings, publisher: Publisher | None = None, metrics: Metrics | None = None,
+               shutdown_timeout_s: float | None = None) -> Starlette:
     """The push app. `publisher` is injectable so benchmarks can measure the HTTP path alone."""
-    publisher = publisher or Publisher(settings)
+    metrics = metrics or Metrics()
+    publisher = publisher or Publisher(settings, metrics)
+    flush_bound = settings.publish_timeout_s if shutdown_timeout_s is None else shutdown_timeout_s
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await publisher.start()
         yield
-        await publisher.stop()
+        try:  # in-flight pushes are already answered; deliver what is still buffered, bounded
+            await asyncio.wait_for(publisher.stop(), flush_bound)
+        except TimeoutError:
+            logging.getLogger("bridge").error("Kafka flush did not finish within %g s", flush_bound)
 
     app = Starlette(
-        routes=[Route(settings.push_path, PushEndpoint(settings, publisher))],
+        routes=[Route(settings.push_path, PushEndpoint(settings, publisher, metrics))],
         exception_handlers={404: not_found},
         lifespan=lifespan,
     )
     app.state.publisher = publisher
+    app.state.metrics = metrics
     return app
+
+
+def create_management_app(publisher: Publisher, metrics: Metrics, shutting_down: Callable[[], bool]) -> Starlette:
+    """/healthz (the process answers), /readyz (Kafka usable, not draining), /metrics (Prometheus)."""
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if shutting_down():
+            return JSONResponse({"status": "not ready", "reason": "shutting down"}, 503)
+        if not publisher.ready:
+            return JSONResponse({"status": "not ready", "reason": "Kafka not reachable or topics missing"}, 503)
+        return JSONResponse({"status": "ready"})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz),
+                             Route("/metrics", prometheus)])

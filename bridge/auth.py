@@ -36,18 +36,19 @@ class Authenticator:
     def check(self, guid: str | None, token: str | None) -> str:
         """Return the gateway node named by the Guid ("" if none); raise Refusal otherwise."""
         if guid is None or not guid.strip():
-            raise Refusal(401, BAD_GUID, "Guid header is missing")
+            raise Refusal(401, BAD_GUID, "Guid header is missing", "guid")
         match = GUID_PATTERN.fullmatch(guid.strip())
         if match is None:
-            raise Refusal(401, BAD_GUID, "Guid header is not a UUID optionally followed by '.' and a node name")
+            raise Refusal(401, BAD_GUID, "Guid header is not a UUID optionally followed by '.' and a node name",
+                          "guid")
         if token is not None and not TOKEN_PATTERN.fullmatch(token):
             raise Refusal(400, BAD_TOKEN_FORMAT,
-                          "service_token header must be 1-50 characters of A-Z, a-z, 0-9, '-' or '_'")
+                          "service_token header must be 1-50 characters of A-Z, a-z, 0-9, '-' or '_'", "token_format")
         if not self._open:
             if token is None:
-                raise Refusal(403, NOT_PERMITTED, "service_token header is missing")
+                raise Refusal(403, NOT_PERMITTED, "service_token header is missing", "token")
             if not self._known(token.encode()):
-                raise Refusal(403, NOT_PERMITTED, "service_token is not accepted")
+                raise Refusal(403, NOT_PERMITTED, "service_token is not accepted", "token")
         return match.group(1) or ""
 
     def _known(self, candidate: bytes) -> bool:

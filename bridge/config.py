@@ -52,6 +52,9 @@ class Settings:
     allow_no_token: bool = False
     topic: str = "cc.agent.events"
     routes: tuple[Route, ...] = ()
+    dead_letter_topic: str | None = "cc.agent.deadletter"
+    atomic_pushes: bool = False
+    transactional_id: str | None = None
     create_topics: bool = False
     topic_partitions: int = 12
     topic_replication_factor: int = 1
@@ -61,11 +64,13 @@ class Settings:
     publish_timeout_s: float = 5.0
     shutdown_timeout_s: float = 20.0
     log_level: str = "info"
+    push_log_level: str = "info"
 
     @property
     def topics(self) -> tuple[str, ...]:
         """Every topic the bridge may write to, default first."""
-        return tuple(dict.fromkeys([self.topic, *(r.topic for r in self.routes)]))
+        extra = [self.dead_letter_topic] if self.dead_letter_topic else []
+        return tuple(dict.fromkeys([self.topic, *(r.topic for r in self.routes), *extra]))
 
 
 @dataclass
@@ -134,6 +139,10 @@ def _topic(name: str, value: str) -> str:
     if not TOPIC_PATTERN.fullmatch(value) or value in (".", ".."):
         raise ConfigError(f"{PREFIX}{name}: {value!r} is not a valid Kafka topic name")
     return value
+
+
+def _dead_letter_topic(value: str) -> str | None:
+    return None if value.lower() == "off" else _topic("DEAD_LETTER_TOPIC", value)
 
 
 def _routes(value: str | None) -> tuple[Route, ...]:
@@ -213,6 +222,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         allow_no_token=allow_no_token,
         topic=_topic("TOPIC", r.text("TOPIC", "cc.agent.events")),
         routes=_routes(r.raw("ROUTES")),
+        dead_letter_topic=_dead_letter_topic(r.text("DEAD_LETTER_TOPIC", "cc.agent.deadletter")),
+        atomic_pushes=r.flag("ATOMIC_PUSHES"),
+        transactional_id=r.raw("TRANSACTIONAL_ID"),
         create_topics=r.flag("CREATE_TOPICS"),
         topic_partitions=r.number("TOPIC_PARTITIONS", 12, 1, 10_000),
         topic_replication_factor=r.number("TOPIC_REPLICATION_FACTOR", 1, 1, 32),
@@ -222,6 +234,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         publish_timeout_s=r.number("PUBLISH_TIMEOUT_S", 5.0, 0.1, 60.0, float),
         shutdown_timeout_s=r.number("SHUTDOWN_TIMEOUT_S", 20.0, 0.0, 600.0, float),
         log_level=r.choice("LOG_LEVEL", "info", LOG_LEVELS, fold=str.lower),
+        push_log_level=r.choice("PUSH_LOG_LEVEL", "info", LOG_LEVELS, fold=str.lower),
     )
     unknown = sorted(k for k in r.env if k.startswith(PREFIX) and k[len(PREFIX):] not in r.seen)
     if unknown:

@@ -24,14 +24,16 @@ UNAVAILABLE = "100-007"
 
 
 class Refusal(Exception):
-    """A push that is answered with a failure. `message` must never contain a secret."""
+    """A push that is answered with a failure. `message` must never contain a secret; `reason`
+    is a short fixed word for metrics."""
 
-    def __init__(self, status: int, retcode: str, message: str,
+    def __init__(self, status: int, retcode: str, message: str, reason: str,
                  headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.retcode = retcode
         self.message = message
+        self.reason = reason
         self.headers = headers
 
 
@@ -40,15 +42,15 @@ def failure_body(refusal: Refusal) -> bytes:
 
 
 def bad_message(message: str) -> Refusal:
-    return Refusal(400, BAD_MESSAGE, message)
+    return Refusal(400, BAD_MESSAGE, message, "body")
 
 
 def too_large(limit: int) -> Refusal:
-    return Refusal(413, BAD_MESSAGE, f"request body is larger than {limit} bytes")
+    return Refusal(413, BAD_MESSAGE, f"request body is larger than {limit} bytes", "too_large")
 
 
-def unavailable(message: str, retry_after_s: int = 10) -> Refusal:
-    return Refusal(503, UNAVAILABLE, message, ((b"retry-after", str(retry_after_s).encode()),))
+def unavailable(message: str, reason: str, retry_after_s: int = 10) -> Refusal:
+    return Refusal(503, UNAVAILABLE, message, reason, ((b"retry-after", str(retry_after_s).encode()),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +70,11 @@ def check_content_type(value: str | None) -> None:
     media_type, _, params = value.partition(";")
     media_type = media_type.strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        raise Refusal(415, BAD_MESSAGE, f"Content-Type {media_type!r} is not application/json")
+        raise Refusal(415, BAD_MESSAGE, f"Content-Type {media_type!r} is not application/json", "content_type")
     for param in params.split(";"):
         name, _, charset = param.partition("=")
         if name.strip().lower() == "charset" and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise Refusal(415, BAD_MESSAGE, f"charset {charset.strip()!r} is not UTF-8")
+            raise Refusal(415, BAD_MESSAGE, f"charset {charset.strip()!r} is not UTF-8", "content_type")
 
 
 def work_no_text(value: Any, where: str) -> str:
@@ -103,7 +105,8 @@ def parse_push(body: bytes, max_events: int) -> Push:
     if not events:
         raise bad_message("eventList is empty")
     if len(events) > max_events:
-        raise Refusal(413, BAD_MESSAGE, f"eventList has {len(events)} events; the limit is {max_events}")
+        raise Refusal(413, BAD_MESSAGE, f"eventList has {len(events)} events; the limit is {max_events}",
+                      "too_large")
     agents = []
     for index, event in enumerate(events):
         if not isinstance(event, dict):

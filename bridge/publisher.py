@@ -1,20 +1,24 @@
 """The one Kafka producer of the process: ordered, acknowledged, bounded. The only Kafka I/O.
 
-- acks=all with the idempotent producer: the broker de-duplicates the producer's own retries and
-  keeps their order, so what `publish` appends for a partition lands in that order.
-- Per-agent order across pushes: a push appends all of its records while holding a lock per
-  agent (record key). Appending is fast (a buffer copy); the wait for the broker's acknowledgement
-  happens after the lock is released, so pushes of different agents, and consecutive pushes of
-  one agent, share batches and acknowledgements instead of queueing behind each other.
-- Bounded: the whole of `publish` (lock, append, acknowledgement) must finish within
-  `publish_timeout_s`, otherwise it raises PublishError and the push is answered 503.
-- Kafka unreachable at start: the process still serves; a background task keeps trying to
-  connect and pushes are refused with 503 until it succeeds.
+Two delivery modes share everything but the last step:
+- idempotent (default): acks=all with the idempotent producer. A push appends all of its records
+  while holding a lock per agent (record key), then waits for the acknowledgements outside the
+  lock, so consecutive pushes of one agent share batches and never interleave.
+- atomic (BRIDGE_ATOMIC_PUSHES=true): pushes are queued to a single pump that writes the pushes
+  which arrived within a few milliseconds inside one Kafka transaction. Consumers reading committed
+  data never see part of a push; the queue is FIFO, so per-agent order needs no lock.
+
+Health: a supervisor task connects (and keeps reconnecting while Kafka is away), checks every few
+seconds that the brokers answer and the topics exist, and replaces the producer after any failed
+batch, because the producer's sequence numbering cannot be trusted after a batch was given up.
+While Kafka is known to be unhealthy, `publish` fails at once instead of waiting for the bound.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from collections import Counter
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import AsyncIterator, Iterable
 
@@ -24,10 +28,15 @@ from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from .config import Settings
+from .metrics import Metrics
 from .records import Record
 
 log = logging.getLogger("bridge.publisher")
-RECONNECT_INTERVAL_S = 2.0
+CHECK_INTERVAL_HEALTHY_S = 5.0
+CHECK_INTERVAL_UNHEALTHY_S = 1.0
+CHECK_TIMEOUT_S = 3.0
+REQUEST_TIMEOUT_MS = 30_000
+TRANSACTION_TIMEOUT_MS = 15_000
 TOPIC_EXISTS = 36
 
 
@@ -87,52 +96,138 @@ def kafka_client_options(settings: Settings) -> dict:
     return options
 
 
+def transactional_id(settings: Settings) -> str:
+    """Stable per process slot, so a restarted bridge fences its predecessor's open transaction."""
+    return settings.transactional_id or f"cc-bridge-{socket.gethostname()}-{settings.port}"
+
+
 class Publisher:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._producer: AIOKafkaProducer | None = None
-        self._connecting: asyncio.Task | None = None
+        self._healthy = False
+        self._reset_wanted = False
+        self._check_now = asyncio.Event()
+        self._supervisor: asyncio.Task | None = None
         self._locks = KeyedLocks()
+        self._queue: list[tuple[list[Record], asyncio.Future]] = []
+        self._queue_ready = asyncio.Event()
+        self._pump: asyncio.Task | None = None
 
     @property
-    def connected(self) -> bool:
-        return self._producer is not None
+    def ready(self) -> bool:
+        """Kafka answered the last health check and every configured topic exists."""
+        return self._healthy and self._producer is not None
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect now if Kafka is there; otherwise keep trying in the background."""
-        if not await self._connect_once():
-            self._connecting = asyncio.create_task(self._keep_connecting(), name="kafka-connect")
+        """Connect now if Kafka is there; either way keep supervising in the background."""
+        await self._connect()
+        self._supervisor = asyncio.create_task(self._supervise(), name="kafka-supervisor")
+        if self._settings.atomic_pushes:
+            self._pump = asyncio.create_task(self._run_pump(), name="kafka-transactions")
 
-    async def _keep_connecting(self) -> None:
-        while not await self._connect_once():
-            await asyncio.sleep(RECONNECT_INTERVAL_S)
+    async def stop(self) -> None:
+        """Deliver what is buffered, then close (the producer's stop flushes)."""
+        for task in (self._supervisor, self._pump):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        for _, done in self._queue:
+            if not done.done():
+                done.set_exception(PublishError("the bridge is shutting down"))
+        await self._drop_producer()
 
-    async def _connect_once(self) -> bool:
+    async def _supervise(self) -> None:
+        while True:
+            interval = CHECK_INTERVAL_HEALTHY_S if self._healthy else CHECK_INTERVAL_UNHEALTHY_S
+            try:
+                await asyncio.wait_for(self._check_now.wait(), interval)
+            except TimeoutError:
+                pass
+            self._check_now.clear()
+            if self._reset_wanted:
+                log.warning("replacing the Kafka producer after a failed batch")
+                await self._drop_producer()
+            if self._producer is None:
+                await self._connect()
+            else:
+                await self._check()
+
+    def _new_producer(self) -> AIOKafkaProducer:
         settings = self._settings
-        producer = AIOKafkaProducer(
+        options = dict(
             **kafka_client_options(settings),
             acks="all",
             enable_idempotence=True,
             linger_ms=settings.kafka_linger_ms,
             max_request_size=max(1_048_576, settings.max_body_bytes + 65_536),
-            request_timeout_ms=30_000,
+            request_timeout_ms=REQUEST_TIMEOUT_MS,
         )
+        if settings.atomic_pushes:
+            options.update(transactional_id=transactional_id(settings),
+                           transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
+        return AIOKafkaProducer(**options)
+
+    async def _connect(self) -> None:
+        settings = self._settings
+        producer = self._new_producer()
         try:
-            await producer.start()
+            await asyncio.wait_for(producer.start(), REQUEST_TIMEOUT_MS / 1000)
             if settings.create_topics:
                 await self._create_topics()
-            else:
-                for topic in settings.topics:  # fail early, and warm the metadata cache
-                    await producer.client._wait_on_metadata(topic)
-        except (KafkaError, OSError) as exc:
-            log.warning("Kafka at %s not usable yet (%s); retrying in %.0f s",
-                        settings.kafka_bootstrap_servers, exc, RECONNECT_INTERVAL_S)
-            await producer.stop()
-            return False
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("Kafka at %s not usable yet (%s: %s); retrying",
+                        settings.kafka_bootstrap_servers, type(exc).__name__, exc)
+            await asyncio.gather(producer.stop(), return_exceptions=True)
+            self._set_health(False)
+            return
         self._producer = producer
-        log.info("connected to Kafka at %s; topics %s", settings.kafka_bootstrap_servers,
-                 ", ".join(settings.topics))
-        return True
+        self._reset_wanted = False
+        log.info("connected to Kafka at %s", settings.kafka_bootstrap_servers)
+        await self._check()
+
+    async def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        self._set_health(False)
+        self._reset_wanted = False
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), REQUEST_TIMEOUT_MS / 1000 + 5)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("Kafka producer did not close cleanly: %s", type(exc).__name__)
+
+    async def _check(self) -> None:
+        healthy = False
+        try:
+            cluster = await asyncio.wait_for(self._producer.client.fetch_all_metadata(), CHECK_TIMEOUT_S)
+            missing = [t for t in self._settings.topics if t not in cluster.topics()]
+            if missing:
+                log.warning("Kafka topics missing: %s (create them, or set BRIDGE_CREATE_TOPICS=true)",
+                            ", ".join(missing))
+            healthy = not missing
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("Kafka health check failed: %s", type(exc).__name__)
+        self._set_health(healthy)
+
+    def _set_health(self, healthy: bool) -> None:
+        if healthy != self._healthy:
+            log.log(logging.INFO if healthy else logging.WARNING, "Kafka is %s",
+                    "reachable" if healthy else "NOT reachable: pushes are refused with 503")
+        self._healthy = healthy
+        self._metrics.kafka_connected.set(1 if healthy else 0)
+
+    def _batch_failed(self, acks: asyncio.Future) -> None:
+        """Done-callback of a push's acknowledgements: any failed batch means a new producer."""
+        if acks.cancelled():
+            return
+        errors = [r for r in acks.result() if isinstance(r, BaseException)]
+        if errors and not self._reset_wanted:
+            log.warning("Kafka rejected a batch (%s)", type(errors[0]).__name__)
+            self._reset_wanted = True
+            self._check_now.set()
 
     async def _create_topics(self) -> None:
         settings = self._settings
@@ -153,28 +248,99 @@ class Publisher:
         finally:
             await admin.close()
 
+    # -- publishing --------------------------------------------------------------------------
+
     async def publish(self, records: list[Record]) -> None:
         """Return once Kafka acknowledged every record; raise PublishError otherwise."""
-        producer = self._producer
-        if producer is None:
+        if not self.ready:
             raise PublishError("Kafka is not reachable")
+        timeout = self._settings.publish_timeout_s
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(timeout):
+                if self._settings.atomic_pushes:
+                    await self._publish_in_transaction(records)
+                else:
+                    await self._publish_idempotent(records)
+        except TimeoutError:
+            self._check_now.set()
+            raise PublishError(f"Kafka did not acknowledge within {timeout:g} s") from None
+        except KafkaError as exc:
+            self._check_now.set()
+            raise PublishError(f"Kafka refused the events: {type(exc).__name__}") from None
+        self._metrics.publish_seconds.observe(loop.time() - started)
+        for topic, count in Counter(r.topic for r in records).items():
+            self._metrics.events.labels(topic).inc(count)
+
+    async def _publish_idempotent(self, records: list[Record]) -> None:
+        producer = self._producer
+        async with self._locks.hold(r.key for r in records):
+            futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
+        acks = asyncio.gather(*futures, return_exceptions=True)
+        acks.add_done_callback(self._batch_failed)
+        for result in await asyncio.shield(acks):
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _publish_in_transaction(self, records: list[Record]) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((records, done))
+        self._queue_ready.set()
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            done.cancel()  # timed out: a transaction not yet begun will skip this push
+            raise
+
+    async def _run_pump(self) -> None:
+        """Write queued pushes, a group at a time, each group in one transaction."""
+        while True:
+            await self._queue_ready.wait()
+            self._queue_ready.clear()
+            await asyncio.sleep(self._settings.kafka_linger_ms / 1000)  # let a group gather
+            group = [(records, done) for records, done in self._queue if not done.done()]
+            self._queue.clear()
+            if not group:
+                continue
+            producer = self._producer
+            try:
+                if producer is None or not self._healthy:
+                    raise PublishError("Kafka is not reachable")
+                async with asyncio.timeout(self._settings.publish_timeout_s):
+                    await producer.begin_transaction()
+                    for records, _ in group:
+                        for r in records:
+                            await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+                    await producer.commit_transaction()
+            except (KafkaError, PublishError, TimeoutError) as exc:
+                # An open or half-committed transaction is abandoned with its producer: the next
+                # producer, with the same transactional id, aborts it when it registers.
+                if producer is not None:
+                    self._reset_wanted = True
+                    self._check_now.set()
+                error = PublishError(f"Kafka transaction failed: {type(exc).__name__}")
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(error)
+                continue
+            for _, done in group:
+                if not done.done():
+                    done.set_result(None)
+
+    async def dead_letter(self, record: Record) -> bool:
+        """Keep a refused push in the dead-letter topic; False if Kafka did not take it in time."""
+        producer = self._producer
+        if producer is None or not self._healthy or self._settings.atomic_pushes and not self._settings.dead_letter_topic:
+            return False
         try:
             async with asyncio.timeout(self._settings.publish_timeout_s):
-                async with self._locks.hold(r.key for r in records):
-                    acks = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
-                            for r in records]
-                await asyncio.gather(*acks)
-        except TimeoutError:
-            raise PublishError(
-                f"Kafka did not acknowledge within {self._settings.publish_timeout_s:g} s"
-            ) from None
-        except KafkaError as exc:
-            raise PublishError(f"Kafka refused the events: {type(exc).__name__}") from None
-
-    async def stop(self) -> None:
-        """Deliver what is buffered, then close (the producer's stop flushes)."""
-        if self._connecting is not None:
-            self._connecting.cancel()
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+                if self._settings.atomic_pushes:
+                    await self._publish_in_transaction([record])
+                else:
+                    await (await producer.send(record.topic, record.value, key=record.key, headers=record.headers))
+        except (KafkaError, PublishError, TimeoutError) as exc:
+            log.error("could not keep a refused push in %s: %s", record.topic, type(exc).__name__)
+            return False
+        self._metrics.dead_letters.inc()
+        return True

@@ -29,7 +29,7 @@ JSON = b"application/json"
 @dataclass(frozen=True, slots=True)
 class Record:
     topic: str
-    key: bytes
+    key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
 
@@ -53,6 +53,10 @@ class Router:
         return topic
 
 
+def rfc3339(moment: datetime) -> bytes:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
+
+
 def source_for(node: str) -> bytes:
     return f"/cc-gateway/{node}".encode() if node else b"/cc-gateway"
 
@@ -63,7 +67,7 @@ def build_records(push: Push, node: str, router: Router,
     shared = [
         ("ce_specversion", SPEC_VERSION),
         ("ce_source", source_for(node)),
-        ("ce_time", received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()),
+        ("ce_time", rfc3339(received_at)),
         ("content-type", JSON),
         ("ce_pushid", (push_id or uuid.uuid4().hex).encode()),
         ("ce_pushsize", str(len(push.events)).encode()),
@@ -86,3 +90,23 @@ def build_records(push: Push, node: str, router: Router,
         ]
         records.append(Record(router.topic_for(event_type), key, value, headers))
     return records
+
+
+def dead_letter_record(topic: str, body: bytes, status: int, retcode: str, reason: str, node: str,
+                       declared_length: int | None, received_at: datetime | None = None) -> Record:
+    """A refused push from an authenticated gateway, kept as received (the body is already bounded
+    by the size limit; a body refused by its declared length alone was never read)."""
+    received_at = received_at or datetime.now(timezone.utc)
+    headers = [
+        ("ce_specversion", SPEC_VERSION),
+        ("ce_id", uuid.uuid4().hex.encode()),
+        ("ce_type", b"cc.bridge.refused_push"),
+        ("ce_source", source_for(node)),
+        ("ce_time", rfc3339(received_at)),
+        ("content-type", b"application/octet-stream"),
+        ("bridge_status", str(status).encode()),
+        ("bridge_retcode", retcode.encode()),
+        ("bridge_reason", reason.encode()),
+        ("bridge_body_length", str(len(body) if declared_length is None else declared_length).encode()),
+    ]
+    return Record(topic, None, body, headers)

@@ -21,7 +21,7 @@ async def test_pushes_of_one_agent_stay_whole_even_when_every_append_yields(kafk
                             "BRIDGE_INSECURE_HTTP": "true", "BRIDGE_ALLOW_NO_TOKEN": "true"})
     publisher = Publisher(settings)
     await publisher.start()
-    assert publisher.connected
+    assert publisher.ready
     real_send = publisher._producer.send
 
     async def yielding_send(*args, **kwargs):

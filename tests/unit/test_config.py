@@ -14,14 +14,17 @@ def test_defaults():
     assert settings.port == 8043
     assert settings.push_path == "/service-cloud/rest/cc-ai/v1/agentevent/pushresult"
     assert settings.service_tokens == ("alpha", "beta_2")
-    assert settings.topics == ("cc.agent.events",)
+    assert settings.topics == ("cc.agent.events", "cc.agent.deadletter")
     assert settings.publish_timeout_s == 5.0
+    assert settings.atomic_pushes is False
 
 
 def test_routes_and_topics():
-    settings = config.load({**BASE, "BRIDGE_ROUTES": "AgentChat_*=chat, AgentMedia*=media,QC_*=chat"})
+    settings = config.load({**BASE, "BRIDGE_ROUTES": "AgentChat_*=chat, AgentMedia*=media,QC_*=chat",
+                            "BRIDGE_DEAD_LETTER_TOPIC": "off"})
     assert settings.routes == (Route("AgentChat_*", "chat"), Route("AgentMedia*", "media"), Route("QC_*", "chat"))
     assert settings.topics == ("cc.agent.events", "chat", "media")
+    assert config.load({**BASE, "BRIDGE_DEAD_LETTER_TOPIC": "dlq"}).topics == ("cc.agent.events", "dlq")
 
 
 @pytest.mark.parametrize("env, names", [
@@ -42,6 +45,10 @@ def test_routes_and_topics():
     ({"BRIDGE_PUBLISH_TIMEOUT_S": "0"}, "BRIDGE_PUBLISH_TIMEOUT_S"),
     ({"BRIDGE_LOG_LEVEL": "loud"}, "BRIDGE_LOG_LEVEL"),
     ({"BRIDGE_PROT": "8043"}, "BRIDGE_PROT"),
+    ({"BRIDGE_MANAGEMENT_PORT": "8043"}, "BRIDGE_MANAGEMENT_PORT"),
+    ({"BRIDGE_DEAD_LETTER_TOPIC": "a b"}, "BRIDGE_DEAD_LETTER_TOPIC"),
+    ({"BRIDGE_ATOMIC_PUSHES": "sometimes"}, "BRIDGE_ATOMIC_PUSHES"),
+    ({"BRIDGE_PUSH_LOG_LEVEL": "trace"}, "BRIDGE_PUSH_LOG_LEVEL"),
 ])
 def test_invalid_settings_name_the_variable(env, names):
     merged = {**BASE, **env}

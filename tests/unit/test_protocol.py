@@ -61,6 +61,6 @@ def test_other_content_types_are_refused(value):
 
 
 def test_unavailable_carries_retry_after():
-    caught = protocol.unavailable("Kafka is not reachable")
-    assert caught.status == 503 and caught.retcode == "100-007"
+    caught = protocol.unavailable("Kafka is not reachable", "kafka")
+    assert caught.status == 503 and caught.retcode == "100-007" and caught.reason == "kafka"
     assert dict(caught.headers)[b"retry-after"] == b"10"
