@@ -59,6 +59,7 @@ class Settings:
     topic_partitions: int = 12
     topic_replication_factor: int = 1
     max_body_bytes: int = 1_048_576
+    max_header_bytes: int = 16_384
     max_events_per_push: int = 1000
     max_inflight_pushes: int = 1000
     publish_timeout_s: float = 5.0
@@ -229,6 +230,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         topic_partitions=r.number("TOPIC_PARTITIONS", 12, 1, 10_000),
         topic_replication_factor=r.number("TOPIC_REPLICATION_FACTOR", 1, 1, 32),
         max_body_bytes=r.number("MAX_BODY_BYTES", 1_048_576, 1024, 64 * 1_048_576),
+        max_header_bytes=r.number("MAX_HEADER_BYTES", 16_384, 1024, 1_048_576),
         max_events_per_push=r.number("MAX_EVENTS_PER_PUSH", 1000, 1, 100_000),
         max_inflight_pushes=r.number("MAX_INFLIGHT_PUSHES", 1000, 1, 1_000_000),
         publish_timeout_s=r.number("PUBLISH_TIMEOUT_S", 5.0, 0.1, 60.0, float),

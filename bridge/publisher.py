@@ -107,6 +107,7 @@ class Publisher:
         self._metrics = metrics or Metrics()
         self._producer: AIOKafkaProducer | None = None
         self._healthy = False
+        self._problem = "Kafka is not reachable"
         self._reset_wanted = False
         self._check_now = asyncio.Event()
         self._supervisor: asyncio.Task | None = None
@@ -182,16 +183,21 @@ class Publisher:
             log.warning("Kafka at %s not usable yet (%s: %s); retrying",
                         settings.kafka_bootstrap_servers, type(exc).__name__, exc)
             await asyncio.gather(producer.stop(), return_exceptions=True)
-            self._set_health(False)
+            self._set_health(False, f"Kafka is not reachable ({type(exc).__name__})")
             return
         self._producer = producer
         self._reset_wanted = False
         log.info("connected to Kafka at %s", settings.kafka_bootstrap_servers)
+        for _ in range(25):  # topics just created take a moment to appear in metadata
+            await self._check(quiet=True)
+            if self._healthy:
+                return
+            await asyncio.sleep(0.2)
         await self._check()
 
     async def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
-        self._set_health(False)
+        self._set_health(False, "Kafka producer is being replaced")
         self._reset_wanted = False
         if producer is not None:
             try:
@@ -199,24 +205,25 @@ class Publisher:
             except (KafkaError, OSError, TimeoutError) as exc:
                 log.warning("Kafka producer did not close cleanly: %s", type(exc).__name__)
 
-    async def _check(self) -> None:
-        healthy = False
+    async def _check(self, quiet: bool = False) -> None:
         try:
             cluster = await asyncio.wait_for(self._producer.client.fetch_all_metadata(), CHECK_TIMEOUT_S)
-            missing = [t for t in self._settings.topics if t not in cluster.topics()]
-            if missing:
-                log.warning("Kafka topics missing: %s (create them, or set BRIDGE_CREATE_TOPICS=true)",
-                            ", ".join(missing))
-            healthy = not missing
         except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("Kafka health check failed: %s", type(exc).__name__)
-        self._set_health(healthy)
+            self._set_health(False, f"Kafka is not reachable ({type(exc).__name__})", quiet)
+            return
+        missing = [t for t in self._settings.topics if t not in cluster.topics()]
+        if missing:
+            self._set_health(False, f"Kafka topics missing: {', '.join(missing)}", quiet)
+        else:
+            self._set_health(True, "", quiet)
 
-    def _set_health(self, healthy: bool) -> None:
-        if healthy != self._healthy:
-            log.log(logging.INFO if healthy else logging.WARNING, "Kafka is %s",
-                    "reachable" if healthy else "NOT reachable: pushes are refused with 503")
-        self._healthy = healthy
+    def _set_health(self, healthy: bool, problem: str = "Kafka is not reachable", quiet: bool = False) -> None:
+        if not quiet and (healthy != self._healthy or problem != self._problem):
+            if healthy:
+                log.info("Kafka is reachable and every topic exists")
+            else:
+                log.warning("%s: pushes are refused with 503", problem)
+        self._healthy, self._problem = healthy, problem
         self._metrics.kafka_connected.set(1 if healthy else 0)
 
     def _batch_failed(self, acks: asyncio.Future) -> None:
@@ -253,7 +260,7 @@ class Publisher:
     async def publish(self, records: list[Record]) -> None:
         """Return once Kafka acknowledged every record; raise PublishError otherwise."""
         if not self.ready:
-            raise PublishError("Kafka is not reachable")
+            raise PublishError(self._problem)
         timeout = self._settings.publish_timeout_s
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -306,7 +313,7 @@ class Publisher:
             producer = self._producer
             try:
                 if producer is None or not self._healthy:
-                    raise PublishError("Kafka is not reachable")
+                    raise PublishError(self._problem)
                 async with asyncio.timeout(self._settings.publish_timeout_s):
                     await producer.begin_transaction()
                     for records, _ in group:
@@ -331,7 +338,7 @@ class Publisher:
     async def dead_letter(self, record: Record) -> bool:
         """Keep a refused push in the dead-letter topic; False if Kafka did not take it in time."""
         producer = self._producer
-        if producer is None or not self._healthy or self._settings.atomic_pushes and not self._settings.dead_letter_topic:
+        if producer is None or not self._healthy:
             return False
         try:
             async with asyncio.timeout(self._settings.publish_timeout_s):

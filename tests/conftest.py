@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,7 @@ class Bridge:
         scheme = "http" if self.tls is None else "https"
         return f"{scheme}://127.0.0.1:{self.port}{PUSH_PATH}"
 
-    def start(self, log_dir: Path, wait: bool = True) -> "Bridge":
+    def start(self, log_dir: Path, wait: bool = True, ready: bool = True) -> "Bridge":
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
         env.update(self.env, BRIDGE_PORT=str(self.port), BRIDGE_HOST="127.0.0.1",
                    BRIDGE_MANAGEMENT_PORT=str(self.management_port))
@@ -122,7 +123,23 @@ class Bridge:
                                      stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
         if wait:
             self.wait_listening()
+        if wait and ready:
+            self.wait_ready()
         return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Poll /readyz like an orchestrator would before routing traffic here."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.management_url + "/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"bridge not ready:\n{self.log()}")
+            time.sleep(0.1)
 
     def wait_listening(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -131,6 +148,7 @@ class Bridge:
                 raise AssertionError(f"bridge exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", self.management_port), timeout=0.2).close()
                 return
             except OSError:
                 if time.monotonic() > deadline:

@@ -5,12 +5,25 @@ import asyncio
 import random
 from collections import defaultdict
 
+import uuid
+
 import orjson
 import pytest
 
-from conftest import headers_of, push_headers, read_topics
+from conftest import Bridge, bridge_env, headers_of, push_headers, read_topics
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", params=["idempotent", "atomic"])
+def bridge(request, kafka, tls_dir, tmp_path_factory):
+    """A bridge per delivery mode: the same guarantees must hold in both."""
+    topic = f"test.order.{request.param}.{uuid.uuid4().hex[:8]}"
+    env = bridge_env(kafka, topic, BRIDGE_ATOMIC_PUSHES="true" if request.param == "atomic" else "false")
+    process = Bridge(env, tls_dir).start(tmp_path_factory.mktemp("logs"))
+    process.topic = topic
+    yield process
+    process.stop()
 
 AGENTS = 500
 PUSHES_PER_AGENT = 20
@@ -26,7 +39,7 @@ def agent_push(work_no: str, push_no: int, size: int) -> dict:
     ]}
 
 
-async def test_every_acknowledged_event_once_and_in_order_per_agent(client, bridge, kafka, topic):
+async def test_every_acknowledged_event_once_and_in_order_per_agent(client, bridge, kafka):
     rng = random.Random(7)
     sent: dict[str, list[int]] = defaultdict(list)  # acknowledged seq values per agent, in order
     failures = []
@@ -47,7 +60,7 @@ async def test_every_acknowledged_event_once_and_in_order_per_agent(client, brid
 
     found: dict[str, list[int]] = defaultdict(list)
     partitions_of: dict[str, set[int]] = defaultdict(set)
-    for record in await read_topics(kafka, [topic]):
+    for record in await read_topics(kafka, [bridge.topic]):
         event = orjson.loads(record.value)
         if not isinstance(event.get("content"), dict) or "seq" not in event["content"]:
             continue  # events of other tests in this module
@@ -63,7 +76,7 @@ async def test_every_acknowledged_event_once_and_in_order_per_agent(client, brid
         assert len(partitions_of[work_no]) == 1, f"agent {work_no} spread over partitions"
 
 
-async def test_concurrent_pushes_of_one_agent_never_interleave(client, bridge, kafka, topic):
+async def test_concurrent_pushes_of_one_agent_never_interleave(client, bridge, kafka):
     # Events of ~4 KB fill the producer's 16 KB batches, so appending a push has to wait for the
     # sender mid-push: without per-agent locking, concurrent pushes would interleave here.
     work_no = "777777"
@@ -77,7 +90,7 @@ async def test_concurrent_pushes_of_one_agent_never_interleave(client, bridge, k
     assert [r.status for r in responses] == [200] * pushes
 
     blocks = []  # (push, [indexes]) in log order
-    for record in await read_topics(kafka, [topic]):
+    for record in await read_topics(kafka, [bridge.topic]):
         if record.key != work_no.encode():
             continue
         content = orjson.loads(record.value)["content"]

@@ -15,10 +15,13 @@ from conftest import read_topics
 pytestmark = pytest.mark.integration
 
 
-async def test_pushes_of_one_agent_stay_whole_even_when_every_append_yields(kafka):
-    topic = "test.adversarial"
+@pytest.mark.parametrize("atomic", [False, True], ids=["idempotent", "atomic"])
+async def test_pushes_of_one_agent_stay_whole_even_when_every_append_yields(kafka, atomic):
+    topic = f"test.adversarial.{atomic}"
     settings = config.load({**kafka.bridge_env(), "BRIDGE_TOPIC": topic, "BRIDGE_CREATE_TOPICS": "true",
-                            "BRIDGE_INSECURE_HTTP": "true", "BRIDGE_ALLOW_NO_TOKEN": "true"})
+                            "BRIDGE_INSECURE_HTTP": "true", "BRIDGE_ALLOW_NO_TOKEN": "true",
+                            "BRIDGE_DEAD_LETTER_TOPIC": "off", "BRIDGE_ATOMIC_PUSHES": str(atomic).lower(),
+                            "BRIDGE_TRANSACTIONAL_ID": f"adversarial-{atomic}"})
     publisher = Publisher(settings)
     await publisher.start()
     assert publisher.ready

@@ -1,7 +1,6 @@
 """TLS versions on the push port, and liberal acceptance of what gateways really send."""
 from __future__ import annotations
 
-import asyncio
 import socket
 import ssl
 import threading

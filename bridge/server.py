@@ -1,0 +1,138 @@
+"""The HTTP servers of one bridge process, on one event loop (uvloop).
+
+The push endpoint (HTTPS, TLS 1.2 minimum) and the management endpoints (/healthz, /readyz,
+/metrics; plain HTTP on their own port). On SIGTERM or SIGINT the push server stops accepting,
+readiness turns false, in-flight pushes finish within BRIDGE_SHUTDOWN_TIMEOUT_S, the producer
+flushes, and `run` returns.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+from typing import Callable, Iterator
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from . import config
+from .app import create_app, create_management_app
+from .metrics import Metrics
+from .protocol import BAD_MESSAGE, CONTENT_TYPE
+from .publisher import Publisher
+
+HEAD_END = b"\r\n\r\n"
+
+
+def bounded_head_protocol(limit: int) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol, refusing a request head (request line and headers) larger
+    than `limit` bytes with 431 before the parser buffers it whole."""
+    body = orjson.dumps({"message": f"request headers are larger than {limit} bytes", "retcode": BAD_MESSAGE})
+    refusal = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: " + CONTENT_TYPE
+               + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+
+    class BoundedHeadProtocol(HttpToolsProtocol):
+        head_bytes = 0
+        tail = b""  # the last bytes of the previous chunk, for a head end split across chunks
+        in_head = True
+
+        def data_received(self, data: bytes) -> None:
+            if self.in_head:
+                end = (self.tail + data).find(HEAD_END)
+                self.head_bytes += len(data) if end < 0 else end + len(HEAD_END) - len(self.tail)
+                self.tail = data[-3:]
+                if self.head_bytes > limit:
+                    self.transport.write(refusal)
+                    self.transport.close()
+                    return
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self.in_head = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self.in_head, self.head_bytes, self.tail = True, 0, b""
+            super().on_message_complete()
+
+    return BoundedHeadProtocol
+
+
+# TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 suites are always enabled.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+
+
+def tls_context(_config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    context = default()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def uvicorn_config(settings: config.Settings, app=None) -> uvicorn.Config:
+    """The push server's uvicorn settings; `app` defaults to the bridge (benchmarks pass others)."""
+    tls: dict = {}
+    if not settings.insecure_http:
+        tls = {
+            "ssl_certfile": str(settings.tls_certfile),
+            "ssl_keyfile": str(settings.tls_keyfile),
+            "ssl_ciphers": TLS12_CIPHERS,
+            "ssl_context_factory": tls_context,
+        }
+    return uvicorn.Config(
+        app if app is not None else create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http=bounded_head_protocol(settings.max_header_bytes),
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        log_config=None,
+        timeout_keep_alive=65,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        **tls,
+    )
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, with signal handling owned by at most one of the process's servers and
+    without re-raising the signal after a graceful stop (so the exit code is 0)."""
+
+    def __init__(self, config: uvicorn.Config, owns_signals: bool) -> None:
+        super().__init__(config)
+        self._owns_signals = owns_signals
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if not self._owns_signals:
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+async def run(settings: config.Settings) -> bool:
+    metrics = Metrics()
+    publisher = Publisher(settings, metrics)
+    push = Server(uvicorn_config(settings, create_app(settings, publisher, metrics)), owns_signals=True)
+    management = Server(uvicorn.Config(
+        create_management_app(publisher, metrics, lambda: push.should_exit),
+        host=settings.management_host, port=settings.management_port, loop="uvloop",
+        http=bounded_head_protocol(settings.max_header_bytes),
+        lifespan="off", access_log=False, server_header=False, log_config=None,
+    ), owns_signals=False)
+    management_task = asyncio.create_task(management.serve())
+    try:
+        await push.serve()
+    finally:
+        management.should_exit = True
+        await management_task
+    return push.started
+
+
