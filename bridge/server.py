@@ -89,6 +89,7 @@ def uvicorn_config(settings: config.Settings, app=None) -> uvicorn.Config:
         lifespan="on",
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # nothing reads forwarded addresses; TLS ends here
         log_config=None,
         timeout_keep_alive=65,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
