@@ -3,175 +3,44 @@
 The broker is started once per test session by the project's own deploy/kafka-local script, on
 free loopback ports in a temporary directory, with an SSL listener that requires client
 certificates; it is stopped when the session ends. Bridges run as real `python -m bridge serve`
-processes over HTTPS, each module with topics of its own.
+processes over HTTPS, each module with topics of its own. The process helpers live in
+bench/_cluster.py, shared with the fault drills.
 """
 from __future__ import annotations
 
-import asyncio
-import importlib.util
-import os
-import signal
-import socket
 import ssl
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.helpers import create_ssl_context
 
-ROOT = Path(__file__).resolve().parent.parent
-PUSH_PATH = "/service-cloud/rest/cc-ai/v1/agentevent/pushresult"
+from bench._cluster import ROOT, Broker, BridgeProcess, free_port, load_kafkalocal, make_tls  # noqa: F401
+
 TOKEN = "Tok3n-for_tests"
 GUID = "279fe21d-1b2c-4d3e-9f00-aabbccddeeff.AgentGateway1"
 
 
-def load_kafkalocal():
-    spec = importlib.util.spec_from_file_location("kafkalocal", ROOT / "deploy" / "kafka-local" / "kafkalocal.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Kafka:
-    home: Path
-    tls: Path
-    port: int
-    ssl_port: int
-    controller_port: int
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.ssl_port}"
-
-    def client_options(self) -> dict:
-        return {
-            "bootstrap_servers": self.bootstrap,
-            "security_protocol": "SSL",
-            "ssl_context": create_ssl_context(cafile=self.tls / "ca.pem", certfile=self.tls / "server.pem",
-                                              keyfile=self.tls / "server.key"),
-        }
-
-    def bridge_env(self) -> dict[str, str]:
-        return {
-            "BRIDGE_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "BRIDGE_KAFKA_SECURITY_PROTOCOL": "SSL",
-            "BRIDGE_KAFKA_SSL_CAFILE": str(self.tls / "ca.pem"),
-            "BRIDGE_KAFKA_SSL_CERTFILE": str(self.tls / "server.pem"),
-            "BRIDGE_KAFKA_SSL_KEYFILE": str(self.tls / "server.key"),
-        }
+# One implementation of the real processes, shared with the fault drills (bench/_cluster.py).
+Kafka = Broker
+Bridge = BridgeProcess
 
 
 @pytest.fixture(scope="session")
 def tls_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tls")
-    subprocess.run([str(ROOT / "deploy" / "tls" / "make-dev-certs.sh"), str(out)], check=True,
-                   stdout=subprocess.DEVNULL)
-    return out
+    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="session")
-def kafka(tmp_path_factory, tls_dir) -> Kafka:
-    kafkalocal = load_kafkalocal()
-    broker = Kafka(tmp_path_factory.mktemp("kafka"), tls_dir, free_port(), free_port(), free_port())
-    kafkalocal.start(broker.home, broker.port, broker.ssl_port, broker.controller_port, tls_dir)
-    yield broker
-    kafkalocal.stop(broker.home)
-
-
-@dataclass
-class Bridge:
-    """A `python -m bridge serve` process on a free port."""
-
-    env: dict[str, str]
-    tls: Path | None
-    port: int = field(default_factory=free_port)
-    management_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
-    log_path: Path | None = None
-
-    @property
-    def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.management_port}"
-
-    @property
-    def url(self) -> str:
-        scheme = "http" if self.tls is None else "https"
-        return f"{scheme}://127.0.0.1:{self.port}{PUSH_PATH}"
-
-    def start(self, log_dir: Path, wait: bool = True, ready: bool = True) -> "Bridge":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        env.update(self.env, BRIDGE_PORT=str(self.port), BRIDGE_HOST="127.0.0.1",
-                   BRIDGE_MANAGEMENT_PORT=str(self.management_port))
-        if self.tls is not None:
-            env.update(BRIDGE_TLS_CERTFILE=str(self.tls / "server.pem"), BRIDGE_TLS_KEYFILE=str(self.tls / "server.key"))
-        self.log_path = log_dir / f"bridge-{self.port}.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env, cwd=ROOT,
-                                     stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
-        if wait:
-            self.wait_listening()
-        if wait and ready:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Poll /readyz like an orchestrator would before routing traffic here."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(self.management_url + "/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"bridge not ready:\n{self.log()}")
-            time.sleep(0.1)
-
-    def wait_listening(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"bridge exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                socket.create_connection(("127.0.0.1", self.management_port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"bridge not listening after {timeout}s:\n{self.log()}")
-                time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
-
-    async def astop(self, sig: int = signal.SIGTERM) -> int:
-        """stop() for async tests: the event loop stays free, so in-process clients can answer
-        the TLS close_notify the bridge sends when it closes their keep-alive connections."""
-        return await asyncio.to_thread(self.stop, sig)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+def kafka(tmp_path_factory, tls_dir) -> Broker:
+    broker = Broker(tmp_path_factory.mktemp("kafka"), tls_dir)
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()
 
 
 @pytest.fixture(scope="module")

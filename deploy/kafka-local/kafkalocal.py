@@ -171,18 +171,25 @@ def start(home: Path, port: int, ssl_port: int | None, cport: int, tls_dir: Path
 
 
 def stop(home: Path, sig: int = signal.SIGTERM, grace_s: float = 30.0) -> None:
+    """Signal the broker and return once it is gone: its process reaped (when it is our child) and
+    its ports closed. A killed JVM's main thread can already look like a zombie while other threads
+    still hold the listeners, so a live-pid check alone would let a restart find the old ports."""
     state = read_state(home)
     if not state or not pid_alive(state["pid"]):
         print("kafka-local: not running")
         return
     pid = state["pid"]
+    ports = [p for p in (state["port"], state.get("ssl_port"), state.get("controller_port")) if p]
     os.kill(pid, sig)
     deadline = time.monotonic() + grace_s
-    while pid_alive(pid):
+    while Path(f"/proc/{pid}").exists() or any(port_open(p, 0.2) for p in ports):
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-        time.sleep(0.1)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                raise SystemExit(f"kafka-local: pid {pid} is gone but its ports are still open") from None
+            deadline = time.monotonic() + 30
+        time.sleep(0.05)
         try:  # reap it when it is our child (tests drive this module in-process)
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:

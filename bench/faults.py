@@ -1,0 +1,249 @@
+"""Fault drills: kill, stop and freeze the real broker and bridge under sustained gateway load.
+
+Each scenario gets a fresh topic and bridge process on one shared local broker. The simulator
+(bench.simulate) pushes for `duration_s` seconds; at `fault_at` of that time the fault is
+injected; load continues for at least `after_s` once the fault is over; the simulator's queues are
+drained; then bench.verify reads the topic back and the figures line is printed. A scenario fails
+when an acknowledged event is missing from Kafka or an agent's events are out of order.
+
+Scenarios:
+  broker-kill    kill -9 the broker, restart it at once (its data directory is kept)
+  bridge-kill    kill -9 the bridge, restart it at once
+  bridge-term    SIGTERM the bridge (graceful shutdown), restart it when it has exited
+  broker-pause   SIGSTOP the broker JVM for `pause_s` (longer than the bridge's publish bound), SIGCONT
+  broker-outage  kill -9 the broker and restart it after `outage_s`
+
+    python -m bench.faults --agents 500 --duration 300
+    python -m bench.faults --agents 200 --duration 40 --retry-interval 1 --scenarios broker-kill,bridge-kill
+
+The simulator's ledger records "fault" and "restored" marks; the recovery figure is the time from
+"restored" to the first push answered "0" after it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from ._cluster import TOKEN, Broker, BridgeProcess, make_tls
+from .simulate import Ledger, SimSettings, Simulator, Summary, pair
+from .verify import RESTORED, Figures, verify
+
+SCENARIOS = ("broker-kill", "bridge-kill", "bridge-term", "broker-pause", "broker-outage")
+FIRST_ACK_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class DrillSettings:
+    agents: int = 50
+    duration_s: float = 20.0          # gateway load per scenario, fault included
+    fault_at: float = 0.3             # when the fault starts, as a fraction of duration_s
+    after_s: float = 8.0              # load kept up at least this long once the fault is over
+    retry_interval_s: float = 1.0
+    timeout_s: float = 8.0
+    signout_after_s: float = 120.0
+    think_s: tuple[float, float] = (0.5, 2.5)
+    drain_s: float = 30.0
+    pause_s: float = 8.0              # broker-pause: how long the JVM stays frozen
+    outage_s: float = 12.0            # broker-outage: how long the broker stays dead
+    partitions: int = 6
+    bridge_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DrillResult:
+    scenario: str
+    figures: Figures
+    summary: Summary
+    topic: str
+    fault_s: float                    # how long the fault action took (kill to back up)
+
+    @property
+    def ok(self) -> bool:
+        return self.figures.ok
+
+    def line(self) -> str:
+        return f"scenario={self.scenario} fault_s={self.fault_s:.1f} {self.figures.line()}"
+
+
+async def inject(scenario: str, broker: Broker, bridge: BridgeProcess, settings: DrillSettings) -> None:
+    """The fault itself; returns once the broken piece is back. Blocking steps run in threads so
+    the simulator's event loop keeps pushing (and keeps answering TLS closes) meanwhile."""
+    run = asyncio.to_thread
+    if scenario == "broker-kill":
+        await run(broker.kill)
+        await run(broker.start)
+    elif scenario == "bridge-kill":
+        await run(bridge.kill)
+        await run(bridge.start)
+    elif scenario == "bridge-term":
+        await run(bridge.stop, signal.SIGTERM)
+        await run(bridge.start)
+    elif scenario == "broker-pause":
+        await run(broker.pause)
+        try:
+            await asyncio.sleep(settings.pause_s)
+        finally:
+            await run(broker.resume)
+    elif scenario == "broker-outage":
+        await run(broker.kill)
+        await asyncio.sleep(settings.outage_s)
+        await run(broker.start)
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+
+
+def bridge_env(broker: Broker, topic: str, settings: DrillSettings) -> dict[str, str]:
+    return {**broker.bridge_env(), "BRIDGE_TOPIC": topic, "BRIDGE_SERVICE_TOKENS": TOKEN,
+            "BRIDGE_CREATE_TOPICS": "true", "BRIDGE_TOPIC_PARTITIONS": str(settings.partitions),
+            "BRIDGE_LOG_LEVEL": "warning", **settings.bridge_env}
+
+
+async def run_drill(scenario: str, broker: Broker, tls: Path, workdir: Path, settings: DrillSettings,
+                    log: Callable[[str], None] = print) -> DrillResult:
+    """One scenario against `broker` (running, left running) with a bridge of its own."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+    topic = f"drill.{scenario}.{uuid.uuid4().hex[:8]}"
+    bridge = BridgeProcess(bridge_env(broker, topic, settings), tls, workdir)
+    await asyncio.to_thread(bridge.start)
+    ledger = Ledger(workdir / f"ledger-{scenario}.jsonl")
+    simulator = Simulator(SimSettings(
+        url=bridge.url, agents=settings.agents, cafile=str(tls / "ca.pem"), token=TOKEN,
+        duration_s=settings.duration_s + settings.outage_s + settings.pause_s + 120,  # a bound; stop() ends it
+        retry_interval_s=settings.retry_interval_s, timeout_s=settings.timeout_s,
+        signout_after_s=settings.signout_after_s, think_s=settings.think_s, drain_s=settings.drain_s,
+    ), ledger)
+    load = asyncio.create_task(simulator.run(), name=f"gateway-{scenario}")
+    try:
+        started = time.monotonic()
+        await until(lambda: simulator.pushes_acked > 0 or load.done(), FIRST_ACK_TIMEOUT_S,
+                    f"no push acknowledged within {FIRST_ACK_TIMEOUT_S:.0f} s of starting the load")
+        await sleep_or_end(load, started + settings.fault_at * settings.duration_s - time.monotonic())
+        log(f"[{scenario}] fault after {time.monotonic() - started:.1f} s of load, "
+            f"{simulator.pushes_acked} pushes acknowledged so far")
+        ledger.mark("fault")
+        fault_started = time.monotonic()
+        await inject(scenario, broker, bridge, settings)
+        fault_s = time.monotonic() - fault_started
+        ledger.mark(RESTORED)
+        log(f"[{scenario}] restored after {fault_s:.1f} s")
+        await sleep_or_end(load, max(started + settings.duration_s, time.monotonic() + settings.after_s)
+                           - time.monotonic())
+        simulator.stop()
+        summary = await load
+    finally:
+        if not load.done():
+            load.cancel()
+            await asyncio.gather(load, return_exceptions=True)
+        ledger.close()
+        await asyncio.to_thread(bridge.stop)
+    log(f"[{scenario}] gateway: {summary.line()}")
+    figures = await verify(broker.client_options(), [topic], ledger)
+    return DrillResult(scenario, figures, summary, topic, fault_s)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(message)
+        await asyncio.sleep(0.1)
+
+
+async def sleep_or_end(task: Awaitable, seconds: float) -> None:
+    """Sleep, but wake up (and surface its error) if the load task ends early."""
+    if seconds > 0:
+        await asyncio.wait([task], timeout=seconds)
+
+
+# -- command line --------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DrillSettings]:
+    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n\n")[0],
+                                     epilog="Scenarios: " + ", ".join(SCENARIOS))
+    parser.add_argument("--agents", type=int, default=500)
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds of load per scenario")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--fault-at", type=float, default=0.3, help="fraction of --duration before the fault")
+    parser.add_argument("--after", type=float, default=30.0, help="at least this many seconds of load after the fault")
+    parser.add_argument("--retry-interval", type=float, default=10.0, help="the gateway's retry interval (s)")
+    parser.add_argument("--timeout", type=float, default=8.0, help="the gateway's push timeout (s)")
+    parser.add_argument("--signout-after", type=float, default=120.0, help="the gateway's failure limit (s)")
+    parser.add_argument("--think", type=pair, default=(0.5, 2.5), help="MIN,MAX seconds between an agent's bursts")
+    parser.add_argument("--drain", type=float, default=60.0, help="seconds to push queued events after the load")
+    parser.add_argument("--pause", type=float, default=8.0, help="broker-pause: seconds the broker stays frozen")
+    parser.add_argument("--outage", type=float, default=45.0, help="broker-outage: seconds the broker stays dead")
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--bridge-env", action="append", default=[], metavar="BRIDGE_X=VALUE",
+                        help="extra bridge setting, e.g. BRIDGE_ATOMIC_PUSHES=true (repeatable)")
+    parser.add_argument("--workdir", type=Path, help="keep broker data, ledgers and logs here (default: a temporary "
+                                                     "directory, removed when every scenario passed)")
+    args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.bridge_env)
+    settings = DrillSettings(agents=args.agents, duration_s=args.duration, fault_at=args.fault_at,
+                             after_s=args.after, retry_interval_s=args.retry_interval, timeout_s=args.timeout,
+                             signout_after_s=args.signout_after, think_s=args.think, drain_s=args.drain,
+                             pause_s=args.pause, outage_s=args.outage, partitions=args.partitions,
+                             bridge_env=extra)
+    return args, settings
+
+
+async def drills(scenarios: list[str], workdir: Path, settings: DrillSettings) -> list[DrillResult]:
+    tls = make_tls(workdir / "tls")
+    broker = Broker(workdir / "kafka", tls)
+    await asyncio.to_thread(broker.start)
+    results = []
+    try:
+        for scenario in scenarios:
+            result = await run_drill(scenario, broker, tls, workdir, settings)
+            print(result.line(), flush=True)
+            if not result.ok:
+                print(result.figures.details(), flush=True)
+            results.append(result)
+    finally:
+        await asyncio.to_thread(broker.kill)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, settings = parse_args(argv)
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cc-bridge-drills-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"fault drills: {len(scenarios)} scenario(s), {settings.agents} agents, {settings.duration_s:g} s of load "
+          f"each, retry every {settings.retry_interval_s:g} s; work directory {workdir}", flush=True)
+    results: list[DrillResult] = []
+    try:
+        results = asyncio.run(drills(scenarios, workdir, settings))
+    finally:
+        passed = len(results) == len(scenarios) and all(r.ok for r in results)
+        print("summary:")
+        for r in results:
+            f = r.figures
+            print(f"  {'PASS' if r.ok else 'FAIL'} {r.scenario:<14} acked={f.events_acked} lost={f.lost} "
+                  f"order_violations={f.order_violations} duplicates={f.duplicates} signed_out={f.signed_out} "
+                  f"recovery_s={'-' if f.recovery_s is None else f'{f.recovery_s:.1f}'}")
+        for scenario in scenarios[len(results):]:
+            print(f"  NOT RUN {scenario}")
+        if passed and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"ledgers, bridge logs and broker data kept in {workdir}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

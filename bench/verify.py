@@ -1,0 +1,224 @@
+"""Checks Kafka against the simulator's ledger: nothing acknowledged is missing, nothing is reordered.
+
+Reads every committed record of the given topics (isolation_level=read_committed), partition by
+partition in offset order, and compares with the ledger written by bench.simulate:
+
+- lost: events acknowledged with "0" whose (workNo, eventGenTime) is in no record. Must be 0.
+- order violations: per topic and agent, records in offset order with repeated ce_id values
+  dropped (a consumer's de-duplication), where eventGenTime does not increase. Must be 0.
+- duplicates: records whose ce_id was already seen (expected after retries; informational).
+- recovery: seconds from the last "restored" mark in the ledger (broker or bridge back) to the
+  first push answered "0" after it.
+
+    python -m bench.verify --ledger run.jsonl --topics cc.agent.events --bootstrap 127.0.0.1:9093 \\
+        --security-protocol SSL --cafile .local/tls/ca.pem --certfile .local/tls/server.pem \\
+        --keyfile .local/tls/server.key
+
+Prints one line of figures; exits 1 when something acknowledged was lost or reordered.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.helpers import create_ssl_context
+
+from .simulate import Ledger
+
+RESTORED = "restored"
+
+
+class Seen(NamedTuple):
+    """What the check needs from one record."""
+
+    topic: str
+    partition: int
+    offset: int
+    agent: str | None        # the record key
+    ce_id: str | None
+    gen_time: int | None     # the event's eventGenTime; None for records that are not simulator events
+
+
+@dataclass
+class Figures:
+    pushes_acked: int
+    events_acked: int
+    events_found: int        # acknowledged events present in Kafka
+    lost: int
+    order_violations: int
+    duplicates: int
+    signed_out: int
+    recovery_s: float | None
+    records: int = 0
+    unacked_found: int = 0   # distinct events in Kafka that no "0" covered (failed pushes, cut-off retries)
+    foreign: int = 0         # records that are not simulator events
+    last_failure_s: float | None = None  # last failed attempt, seconds after the "restored" mark
+    lost_sample: list = field(default_factory=list)
+    violation_sample: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.order_violations == 0
+
+    def line(self) -> str:
+        def seconds(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1f}"
+        return (f"pushes_acked={self.pushes_acked} events_acked={self.events_acked} "
+                f"events_found={self.events_found} lost={self.lost} order_violations={self.order_violations} "
+                f"duplicates={self.duplicates} signed_out={self.signed_out} "
+                f"recovery_s={seconds(self.recovery_s)} last_failure_s={seconds(self.last_failure_s)} "
+                f"records={self.records} unacked_found={self.unacked_found} foreign={self.foreign}")
+
+    def details(self) -> str:
+        """The first lost events and order violations, for a failure message."""
+        parts = []
+        if self.lost_sample:
+            parts.append("lost (workNo, eventGenTime): " + ", ".join(map(str, self.lost_sample)))
+        if self.violation_sample:
+            parts.append("out of order (topic, partition, offset, workNo, eventGenTime, previous): "
+                         + ", ".join(map(str, self.violation_sample)))
+        return "\n".join(parts)
+
+
+def compare(ledger: Ledger, records: Iterable[Seen], sample: int = 10) -> Figures:
+    """The figures for `records`, which must come partition by partition in offset order."""
+    acked: set[tuple[str, int]] = set()
+    pushes = events = 0
+    for entry in ledger.of_kind("ack"):
+        pushes += 1
+        events += len(entry["ids"])
+        acked.update((entry["agent"], gen) for gen in entry["ids"])
+
+    found: set[tuple[str, int]] = set()
+    seen_ids: set[str] = set()
+    last_gen: dict[tuple[str, str], int] = {}
+    total = duplicates = violations = foreign = 0
+    violation_sample = []
+    for record in records:
+        total += 1
+        if record.agent is None or record.gen_time is None:
+            foreign += 1
+            continue
+        found.add((record.agent, record.gen_time))
+        if record.ce_id is not None:
+            if record.ce_id in seen_ids:
+                duplicates += 1
+                continue
+            seen_ids.add(record.ce_id)
+        stream = (record.topic, record.agent)
+        previous = last_gen.get(stream)
+        if previous is not None and record.gen_time <= previous:
+            violations += 1
+            if len(violation_sample) < sample:
+                violation_sample.append((record.topic, record.partition, record.offset, record.agent,
+                                         record.gen_time, previous))
+            continue
+        last_gen[stream] = record.gen_time
+
+    missing = acked - found
+    recovery, last_failure = recovery_after_mark(ledger)
+    return Figures(
+        pushes_acked=pushes, events_acked=events, events_found=len(acked & found), lost=len(missing),
+        order_violations=violations, duplicates=duplicates,
+        signed_out=sum(1 for _ in ledger.of_kind("signout")), recovery_s=recovery, records=total,
+        unacked_found=len(found - acked), foreign=foreign, last_failure_s=last_failure,
+        lost_sample=sorted(missing)[:sample], violation_sample=violation_sample,
+    )
+
+
+def recovery_after_mark(ledger: Ledger, name: str = RESTORED) -> tuple[float | None, float | None]:
+    """(first "0" after the last `name` mark, last failure after it), in seconds from the mark."""
+    marks = [e["t"] for e in ledger.of_kind("mark") if e["name"] == name]
+    if not marks:
+        return None, None
+    since = marks[-1]
+    first_ack = min((e["t"] for e in ledger.of_kind("ack") if e["t"] >= since), default=None)
+    last_fail = max((e["t"] for e in ledger.of_kind("fail") if e["t"] >= since), default=None)
+    return (None if first_ack is None else first_ack - since,
+            None if last_fail is None else last_fail - since)
+
+
+def seen(record) -> Seen:
+    ce_id = next((v.decode() for k, v in record.headers if k == "ce_id"), None)
+    agent = record.key.decode(errors="replace") if record.key is not None else None
+    try:
+        event = orjson.loads(record.value)
+        gen_time = event.get("eventGenTime") if isinstance(event, dict) else None
+    except orjson.JSONDecodeError:
+        gen_time = None
+    return Seen(record.topic, record.partition, record.offset, agent, ce_id,
+                gen_time if isinstance(gen_time, int) else None)
+
+
+async def read_topics(client_options: dict, topics: list[str], timeout_s: float = 300.0) -> list[Seen]:
+    """Every committed record of `topics`, partition by partition, in offset order."""
+    consumer = AIOKafkaConsumer(**client_options, enable_auto_commit=False, isolation_level="read_committed",
+                                max_partition_fetch_bytes=4 * 1048576)
+    await consumer.start()
+    try:
+        partitions: list[TopicPartition] = []
+        for _ in range(20):
+            partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+            if {tp.topic for tp in partitions} == set(topics):
+                break
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.5)
+        if {tp.topic for tp in partitions} != set(topics):
+            raise RuntimeError(f"topics not found: {sorted(set(topics) - {tp.topic for tp in partitions})}")
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        by_partition: dict[TopicPartition, list[Seen]] = defaultdict(list)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            behind = [tp for tp in partitions if await consumer.position(tp) < end[tp]]
+            if not behind:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"reading the topics took longer than {timeout_s:.0f} s; behind: {behind}")
+            batch = await consumer.getmany(*behind, timeout_ms=1000)
+            for tp, records in batch.items():
+                by_partition[tp].extend(seen(r) for r in records)
+        return [record for tp in partitions for record in by_partition[tp]]
+    finally:
+        await consumer.stop()
+
+
+async def verify(client_options: dict, topics: list[str], ledger: Ledger) -> Figures:
+    return compare(ledger, await read_topics(client_options, topics))
+
+
+def client_options(args: argparse.Namespace) -> dict:
+    options: dict = {"bootstrap_servers": args.bootstrap, "security_protocol": args.security_protocol}
+    if args.security_protocol == "SSL":
+        options["ssl_context"] = create_ssl_context(cafile=args.cafile, certfile=args.certfile, keyfile=args.keyfile)
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.verify", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ledger", required=True, help="JSONL ledger written by bench.simulate")
+    parser.add_argument("--topics", required=True, help="comma-separated topics the bridge wrote to")
+    parser.add_argument("--bootstrap", default="127.0.0.1:9093")
+    parser.add_argument("--security-protocol", choices=["PLAINTEXT", "SSL"], default="SSL")
+    parser.add_argument("--cafile")
+    parser.add_argument("--certfile")
+    parser.add_argument("--keyfile")
+    args = parser.parse_args(argv)
+    figures = asyncio.run(verify(client_options(args), args.topics.split(","), Ledger.load(args.ledger)))
+    print(figures.line())
+    if not figures.ok:
+        print(figures.details(), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
