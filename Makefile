@@ -6,7 +6,7 @@ LOCAL := .local
 TLS := $(LOCAL)/tls
 KAFKA_LOCAL := $(PYTHON) deploy/kafka-local/kafkalocal.py
 
-.PHONY: run test unit kafka kafka-stop kafka-jars certs venv lock clean consume
+.PHONY: run test unit kafka kafka-stop kafka-jars certs venv lock clean consume bench fault
 
 run: venv certs
 	@deploy/local-run.sh
@@ -17,13 +17,23 @@ test: venv kafka-jars
 unit: venv
 	$(VENV)/bin/pytest tests/unit
 
+# Only the fault drills (also part of `make test`); the long form is python -m bench.faults.
+fault: venv kafka-jars
+	$(VENV)/bin/pytest -m fault -s tests/fault
+
+# The benchmark (not a test): the bridge against its HTTP and Kafka ceilings and a naive
+# receiver, in one run on this machine. Needs Go 1.21+. Smoke run: make bench BENCH_ARGS=--quick
+BENCH_ARGS ?=
+bench: venv kafka-jars
+	$(VENV)/bin/python -m bench.benchmark $(BENCH_ARGS)
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or later is needed (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test,bench]'
 	@touch $@
 
 certs:
@@ -42,7 +52,7 @@ kafka-stop:
 lock:
 	rm -rf $(LOCAL)/lock-venv && $(PYTHON) -m venv $(LOCAL)/lock-venv
 	$(LOCAL)/lock-venv/bin/pip install --quiet --upgrade pip
-	$(LOCAL)/lock-venv/bin/pip install --quiet '.[test]'
+	$(LOCAL)/lock-venv/bin/pip install --quiet '.[test,bench]'
 	$(LOCAL)/lock-venv/bin/pip freeze --exclude cc-gateway-bridge > constraints.txt
 	rm -rf $(LOCAL)/lock-venv
 

@@ -19,13 +19,13 @@ import asyncio
 import logging
 import socket
 from collections import Counter
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import AsyncIterator, Iterable
+from typing import Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import murmur2
 
 from .config import Settings
 from .metrics import Metrics
@@ -36,6 +36,7 @@ CHECK_INTERVAL_HEALTHY_S = 5.0
 CHECK_INTERVAL_UNHEALTHY_S = 1.0
 CHECK_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_MS = 30_000
+MAX_BATCH_BYTES = 256 * 1024  # per partition; aiokafka's 16 KB default splits a large push into many requests
 TRANSACTION_TIMEOUT_MS = 15_000
 TOPIC_EXISTS = 36
 
@@ -45,40 +46,56 @@ class PublishError(Exception):
 
 
 class KeyedLocks:
-    """asyncio locks by key, created on demand and dropped when nobody holds or awaits them."""
+    """asyncio locks by key, created on demand and dropped when nobody holds or awaits them.
+
+    `hold(keys)` takes the locks of all distinct keys in one global order (so two pushes never
+    deadlock) and is a plain class, cheap on the path every push takes."""
 
     def __init__(self) -> None:
-        self._locks: dict[bytes, tuple[asyncio.Lock, list[int]]] = {}
+        self._locks: dict[bytes, list] = {}  # key -> [lock, users]
 
-    @asynccontextmanager
-    async def _one(self, key: bytes) -> AsyncIterator[None]:
-        entry = self._locks.get(key)
-        if entry is None:
-            entry = self._locks[key] = (asyncio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._locks[key]
+    def hold(self, keys: Iterable[bytes]) -> "_Held":
+        return _Held(self, sorted(set(keys)))
 
-    @asynccontextmanager
-    async def hold(self, keys: Iterable[bytes]) -> AsyncIterator[None]:
-        ordered = sorted(set(keys))  # one global order, so two pushes never deadlock
-        if len(ordered) == 1:
-            async with self._one(ordered[0]):
-                yield
-            return
-        async with AsyncExitStack() as stack:
-            for key in ordered:
-                await stack.enter_async_context(self._one(key))
-            yield
+    async def _acquire(self, keys: list[bytes]) -> None:
+        for index, key in enumerate(keys):
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = [asyncio.Lock(), 0]
+            entry[1] += 1
+            try:
+                await entry[0].acquire()
+            except BaseException:  # cancelled while waiting: give back what was taken
+                self._leave(key)
+                self._release(keys[:index])
+                raise
+
+    def _release(self, keys: list[bytes]) -> None:
+        for key in keys:
+            self._locks[key][0].release()
+            self._leave(key)
+
+    def _leave(self, key: bytes) -> None:
+        entry = self._locks[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._locks[key]
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+class _Held:
+    __slots__ = ("_locks", "_keys")
+
+    def __init__(self, locks: KeyedLocks, keys: list[bytes]) -> None:
+        self._locks, self._keys = locks, keys
+
+    async def __aenter__(self) -> None:
+        await self._locks._acquire(self._keys)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._locks._release(self._keys)
 
 
 def kafka_client_options(settings: Settings) -> dict:
@@ -112,6 +129,7 @@ class Publisher:
         self._check_now = asyncio.Event()
         self._supervisor: asyncio.Task | None = None
         self._locks = KeyedLocks()
+        self._events_default = self._metrics.events.labels(settings.topic)
         self._queue: list[tuple[list[Record], asyncio.Future]] = []
         self._queue_ready = asyncio.Event()
         self._pump: asyncio.Task | None = None
@@ -164,6 +182,7 @@ class Publisher:
             acks="all",
             enable_idempotence=True,
             linger_ms=settings.kafka_linger_ms,
+            max_batch_size=MAX_BATCH_BYTES,
             max_request_size=max(1_048_576, settings.max_body_bytes + 65_536),
             request_timeout_ms=REQUEST_TIMEOUT_MS,
         )
@@ -277,18 +296,37 @@ class Publisher:
             self._check_now.set()
             raise PublishError(f"Kafka refused the events: {type(exc).__name__}") from None
         self._metrics.publish_seconds.observe(loop.time() - started)
-        for topic, count in Counter(r.topic for r in records).items():
-            self._metrics.events.labels(topic).inc(count)
+        if self._settings.routes:
+            for topic, count in Counter(r.topic for r in records).items():
+                self._metrics.events.labels(topic).inc(count)
+        else:
+            self._events_default.inc(len(records))
 
     async def _publish_idempotent(self, records: list[Record]) -> None:
         producer = self._producer
+        partitions = self._partitions_of(producer, records)
         async with self._locks.hold(r.key for r in records):
-            futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
+            futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers, partition=p)
+                       for r, p in zip(records, partitions)]
         acks = asyncio.gather(*futures, return_exceptions=True)
         acks.add_done_callback(self._batch_failed)
         for result in await asyncio.shield(acks):
             if isinstance(result, BaseException):
                 raise result
+
+    @staticmethod
+    def _partitions_of(producer: AIOKafkaProducer, records: list[Record]) -> list[int | None]:
+        """Kafka's default partitioning (the Java client's murmur2 rule), once per distinct key and
+        topic of the push rather than once per record; None leaves the choice to the producer
+        (a topic whose metadata is not known yet)."""
+        cluster, chosen, result = producer.client.cluster, {}, []
+        for r in records:
+            partition = chosen.get((r.topic, r.key), -1)
+            if partition == -1:
+                count = len(cluster.partitions_for_topic(r.topic) or ())
+                partition = chosen[(r.topic, r.key)] = (murmur2(r.key) & 0x7FFFFFFF) % count if count else None
+            result.append(partition)
+        return result
 
     async def _publish_in_transaction(self, records: list[Record]) -> None:
         done = asyncio.get_running_loop().create_future()

@@ -12,9 +12,11 @@ before it in the same push), so a gateway retry of the same events yields the sa
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 
 import orjson
@@ -53,8 +55,21 @@ class Router:
         return topic
 
 
-def rfc3339(moment: datetime) -> bytes:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
+_push_ids = itertools.count()
+_PROCESS_ID = os.urandom(6).hex()  # push ids: unique per process start, then a counter
+_second = [-1, ""]  # the last formatted second, reused while it lasts
+
+
+def new_push_id() -> str:
+    return f"{_PROCESS_ID}-{next(_push_ids):x}"
+
+
+def rfc3339(moment: float) -> bytes:
+    """`moment` (seconds since the epoch) as RFC 3339 UTC with milliseconds."""
+    whole = int(moment)
+    if whole != _second[0]:
+        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+    return f"{_second[1]}.{int(moment * 1000) % 1000:03d}Z".encode()
 
 
 def source_for(node: str) -> bytes:
@@ -62,14 +77,14 @@ def source_for(node: str) -> bytes:
 
 
 def build_records(push: Push, node: str, router: Router,
-                  received_at: datetime | None = None, push_id: str | None = None) -> list[Record]:
-    received_at = received_at or datetime.now(timezone.utc)
+                  received_at: float | None = None, push_id: str | None = None) -> list[Record]:
+    received_at = time.time() if received_at is None else received_at
     shared = [
         ("ce_specversion", SPEC_VERSION),
         ("ce_source", source_for(node)),
         ("ce_time", rfc3339(received_at)),
         ("content-type", JSON),
-        ("ce_pushid", (push_id or uuid.uuid4().hex).encode()),
+        ("ce_pushid", (push_id or new_push_id()).encode()),
         ("ce_pushsize", str(len(push.events)).encode()),
     ]
     seen: dict[str, int] = {}
@@ -93,10 +108,10 @@ def build_records(push: Push, node: str, router: Router,
 
 
 def dead_letter_record(topic: str, body: bytes, status: int, retcode: str, reason: str, node: str,
-                       declared_length: int | None, received_at: datetime | None = None) -> Record:
+                       declared_length: int | None, received_at: float | None = None) -> Record:
     """A refused push from an authenticated gateway, kept as received (the body is already bounded
     by the size limit; a body refused by its declared length alone was never read)."""
-    received_at = received_at or datetime.now(timezone.utc)
+    received_at = time.time() if received_at is None else received_at
     headers = [
         ("ce_specversion", SPEC_VERSION),
         ("ce_id", uuid.uuid4().hex.encode()),

@@ -4,9 +4,9 @@ import orjson
 
 from bridge.config import Route
 from bridge.protocol import parse_push
-from bridge.records import Router, build_records
+from bridge.records import Router, build_records, new_push_id, rfc3339
 
-WHEN = datetime(2026, 11, 24, 8, 30, 1, 234000, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 24, 8, 30, 1, 234000, tzinfo=timezone.utc).timestamp()
 
 
 def records_for(body: dict, node: str = "AgentGateway1", router: Router | None = None):
@@ -61,6 +61,13 @@ def test_router_first_match_wins_and_default_applies():
     assert router.topic_for("QC_AgentState_Notify") == "qc"
     assert router.topic_for("Unknown") == "all"
     assert router.topic_for("agentchat_ring") == "all", "patterns are case-sensitive, like eventType"
+
+
+def test_receipt_time_and_push_ids():
+    assert rfc3339(WHEN) == b"2026-11-24T08:30:01.234Z"
+    assert rfc3339(WHEN + 0.5) == b"2026-11-24T08:30:01.734Z"
+    assert rfc3339(WHEN + 60.001) == b"2026-11-24T08:31:01.235Z"
+    assert new_push_id() != new_push_id()
 
 
 def test_source_without_node():

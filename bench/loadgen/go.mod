@@ -1,0 +1,3 @@
+module ccbridge/bench/loadgen
+
+go 1.21
