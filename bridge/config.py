@@ -39,7 +39,7 @@ class Settings:
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
-    kafka_linger_ms: int = 2
+    kafka_linger_ms: int = 0
     host: str = "127.0.0.1"
     port: int = 8043
     management_host: str = "127.0.0.1"
@@ -210,7 +210,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_ssl_cafile=r.file("KAFKA_SSL_CAFILE"),
         kafka_ssl_certfile=certfile,
         kafka_ssl_keyfile=keyfile,
-        kafka_linger_ms=r.number("KAFKA_LINGER_MS", 2, 0, 1000),
+        kafka_linger_ms=r.number("KAFKA_LINGER_MS", 0, 0, 1000),
         host=host,
         port=port,
         management_host=r.text("MANAGEMENT_HOST", host),
