@@ -157,8 +157,9 @@ def seen(record) -> Seen:
                 gen_time if isinstance(gen_time, int) else None)
 
 
-async def read_topics(client_options: dict, topics: list[str], timeout_s: float = 300.0) -> list[Seen]:
-    """Every committed record of `topics`, partition by partition, in offset order."""
+async def read_committed(client_options: dict, topics: list[str], timeout_s: float = 300.0) -> list:
+    """Every committed record of `topics` (aiokafka ConsumerRecords), partition by partition, in
+    offset order. Used by the checker and by the test suite."""
     consumer = AIOKafkaConsumer(**client_options, enable_auto_commit=False, isolation_level="read_committed",
                                 max_partition_fetch_bytes=4 * 1048576)
     await consumer.start()
@@ -175,7 +176,7 @@ async def read_topics(client_options: dict, topics: list[str], timeout_s: float 
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
-        by_partition: dict[TopicPartition, list[Seen]] = defaultdict(list)
+        by_partition: dict[TopicPartition, list] = defaultdict(list)
         deadline = time.monotonic() + timeout_s
         while True:
             behind = [tp for tp in partitions if await consumer.position(tp) < end[tp]]
@@ -185,10 +186,14 @@ async def read_topics(client_options: dict, topics: list[str], timeout_s: float 
                 raise RuntimeError(f"reading the topics took longer than {timeout_s:.0f} s; behind: {behind}")
             batch = await consumer.getmany(*behind, timeout_ms=1000)
             for tp, records in batch.items():
-                by_partition[tp].extend(seen(r) for r in records)
+                by_partition[tp].extend(records)
         return [record for tp in partitions for record in by_partition[tp]]
     finally:
         await consumer.stop()
+
+
+async def read_topics(client_options: dict, topics: list[str], timeout_s: float = 300.0) -> list[Seen]:
+    return [seen(r) for r in await read_committed(client_options, topics, timeout_s)]
 
 
 async def verify(client_options: dict, topics: list[str], ledger: Ledger) -> Figures:

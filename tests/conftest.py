@@ -9,16 +9,15 @@ bench/_cluster.py, shared with the fault drills.
 from __future__ import annotations
 
 import ssl
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench._cluster import ROOT, Broker, BridgeProcess, free_port, load_kafkalocal, make_tls  # noqa: F401
+from bench.verify import read_committed
 
 TOKEN = "Tok3n-for_tests"
 GUID = "279fe21d-1b2c-4d3e-9f00-aabbccddeeff.AgentGateway1"
@@ -107,31 +106,7 @@ async def client(tls_dir) -> Http:
 
 async def read_topics(kafka: Kafka, topics: list[str], timeout: float = 60.0) -> list:
     """Every record currently in `topics` (committed data), partition by partition in offset order."""
-    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False,
-                                isolation_level="read_committed")
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        records = []
-        deadline = time.monotonic() + timeout
-        while True:
-            behind = [tp for tp in partitions if await consumer.position(tp) < end[tp]]
-            if not behind:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError("timed out reading back the topics")
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp_records in batch.values():
-                records.extend(tp_records)
-        return records
-    finally:
-        await consumer.stop()
+    return await read_committed(kafka.client_options(), topics, timeout)
 
 
 def headers_of(record) -> dict[str, str]:
