@@ -187,7 +187,8 @@ class Service:
     def start(self) -> Self:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", *self.module.split()], cwd=ROOT, env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=server_affinity)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -265,6 +266,16 @@ class Group:
 
 # ---------------------------------------------------------------------------------------------
 # The load generator
+
+
+# --pin: the server measured gets core 0 to itself; this process, and so the broker and the
+# generator it starts, keep to core 1. None: the scheduler places everything.
+SERVER_CPUS: set[int] | None = None
+
+
+def server_affinity() -> None:
+    if SERVER_CPUS is not None:
+        os.sched_setaffinity(0, SERVER_CPUS)
 
 
 def loadgen_binary() -> Path:
@@ -360,7 +371,8 @@ class Bench:
                    "--duration", str(window_s)]
         if rate:
             command += ["--rate", f"{rate / self.workers:.1f}"]
-        procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  preexec_fn=server_affinity)
                  for _ in range(self.workers)]
         # Each process says "started" once connected, when its warm-up begins.
         deadline = time.monotonic() + 60
@@ -783,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (server and broker logs) instead of removing it")
+    parser.add_argument("--pin", action="store_true",
+                        help="give the measured server core 0 alone; broker and generator share core 1")
     parser.add_argument("--bridge-env", action="append", default=[], metavar="BRIDGE_X=VALUE",
                         help="an extra setting for every server measured, e.g. BRIDGE_ATOMIC_PUSHES=true (repeatable)")
     args = parser.parse_args(argv)
@@ -792,6 +806,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1 or args.conns < args.workers:
         parser.error("--workers must be at least 1 and --conns at least --workers")
     plan = QUICK if args.quick else FULL
+    if args.pin:
+        if NCPU < 2 or args.workers != 1:
+            parser.error("--pin needs 2 cores and --workers 1")
+        global SERVER_CPUS
+        SERVER_CPUS = {0}
+        os.sched_setaffinity(0, {1})
     # A SIGTERM (make interrupted, CI time-out) unwinds through the finally blocks below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
