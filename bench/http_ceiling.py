@@ -1,7 +1,7 @@
 """`python -m bench.http_ceiling`: the bridge without Kafka, the benchmark's HTTP ceiling.
 
-The same settings (BRIDGE_* variables), the same uvicorn configuration (TLS, uvloop, the HTTP
-protocol), the same logging and the same app as `python -m bridge serve`: headers are checked,
+It is `python -m bridge serve` itself (the same settings, servers, TLS, logging and app) with one
+part replaced: headers are checked,
 the body is read and parsed, the Kafka records are built, the push is logged and counted, and the
 answer is the success body. Only the publisher differs: it takes the records and returns at once.
 What this process serves per second is the most the bridge could serve if Kafka cost nothing.
@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
-
-from bridge import config, logs
-from bridge.__main__ import uvicorn_config
-from bridge.app import create_app
+from bridge.__main__ import serve
 from bridge.publisher import Publisher
 from bridge.records import Record
 
@@ -40,17 +36,5 @@ class NullPublisher(Publisher):
         return True
 
 
-def main() -> int:
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        print(f"http_ceiling: configuration error: {exc}", file=sys.stderr)
-        return 2
-    logs.setup(settings.log_level)
-    server = uvicorn.Server(uvicorn_config(settings, create_app(settings, publisher=NullPublisher(settings))))
-    server.run()
-    return 0 if server.started else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve(NullPublisher))

@@ -3,7 +3,7 @@
 A Starlette route that reads the request, parses the body with the standard json module and
 awaits `send_and_wait` for one event after the other (aiokafka, acks=all, idempotent producer),
 then answers success. It checks the token and nothing else. It is served like the bridge: the
-same uvicorn configuration and TLS (bridge.__main__.uvicorn_config), the same BRIDGE_* settings
+same uvicorn configuration and TLS (bridge.server.uvicorn_config), the same BRIDGE_* settings
 for the listener and Kafka, so the only difference measured is the application itself.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bridge import config
-from bridge.__main__ import uvicorn_config
+from bridge.server import uvicorn_config
 
 
 def create_naive_app(settings: config.Settings) -> Starlette:

@@ -5,16 +5,18 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import Callable
 
 import uvloop
 
 from . import config, logs
-from .server import run, uvicorn_config  # noqa: F401  (uvicorn_config: used by the benchmarks)
+from .publisher import Publisher
+from .server import run
 
 log = logging.getLogger("bridge")
 
 
-def serve() -> int:
+def serve(make_publisher: Callable[..., Publisher] = Publisher) -> int:
     try:
         settings = config.load()
     except config.ConfigError as exc:
@@ -32,7 +34,7 @@ def serve() -> int:
              "atomic pushes" if settings.atomic_pushes else "idempotent", settings.management_host,
              settings.management_port)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        started = runner.run(run(settings))
+        started = runner.run(run(settings, make_publisher))
     return 0 if started else 1
 
 

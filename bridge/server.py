@@ -119,9 +119,11 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-async def run(settings: config.Settings) -> bool:
+async def run(settings: config.Settings, make_publisher: Callable[..., Publisher] = Publisher) -> bool:
+    """Serve until SIGTERM/SIGINT. `make_publisher(settings, metrics)` is replaceable so the
+    benchmark can run this very stack without Kafka."""
     metrics = Metrics()
-    publisher = Publisher(settings, metrics)
+    publisher = make_publisher(settings, metrics)
     push = Server(uvicorn_config(settings, create_app(settings, publisher, metrics)), owns_signals=True)
     management = Server(uvicorn.Config(
         create_management_app(publisher, metrics, lambda: push.should_exit),
