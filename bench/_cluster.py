@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 from aiokafka.helpers import create_ssl_context
 
@@ -134,13 +135,16 @@ class Broker:
 
 @dataclass
 class BridgeProcess:
-    """A `python -m bridge serve` process on free ports; restarts keep the same ports.
+    """A `python -m bridge serve` process (or another server module taking BRIDGE_* settings, as
+    the benchmark's ceilings do) on free ports; restarts keep the same ports.
 
     With `tls=None` it serves plain HTTP (the env must then say BRIDGE_INSECURE_HTTP=true)."""
 
     env: dict[str, str]
     tls: Path | None
     log_dir: Path | None = None
+    module: str = "bridge serve"
+    preexec_fn: Callable[[], None] | None = None
     port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
@@ -156,12 +160,11 @@ class BridgeProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"bridge-{self.port}.log"
+        return self.log_dir / f"{self.module.split()[0]}-{self.port}.log"
 
     def start(self, log_dir: Path | None = None, wait: bool = True, ready: bool = True,
               timeout: float = 60.0) -> "BridgeProcess":
-        """Start; with `wait`, return once both ports listen, and with `ready` once /readyz says
-        200 (what a load balancer or Kubernetes waits for before sending traffic)."""
+        """Start; with `wait`, return once it listens and (with `ready`) is ready, see `wait`."""
         self.log_dir = log_dir or self.log_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
         env.update(self.env, BRIDGE_HOST="127.0.0.1", BRIDGE_PORT=str(self.port),
@@ -169,21 +172,28 @@ class BridgeProcess:
         if self.tls is not None:
             env.update(BRIDGE_TLS_CERTFILE=str(self.tls / "server.pem"), BRIDGE_TLS_KEYFILE=str(self.tls / "server.key"))
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env, cwd=ROOT,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while wait and not (port_open(self.port) and port_open(self.management_port)):
-            self._still_starting(deadline, "listening")
-        while wait and ready and not self._ready():
-            self._still_starting(deadline, "ready")
+            self.proc = subprocess.Popen([sys.executable, "-m", *self.module.split()], env=env, cwd=ROOT,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=self.preexec_fn)
+        if wait:
+            self.wait(ready, timeout)
         return self
+
+    def wait(self, ready: bool = True, timeout: float = 60.0) -> None:
+        """Until the push port listens and, with `ready`, /readyz says 200 (what a load balancer
+        or Kubernetes waits for before sending traffic)."""
+        deadline = time.monotonic() + timeout
+        while not port_open(self.port):
+            self._still_starting(deadline, "listening")
+        while ready and not self._ready():
+            self._still_starting(deadline, "ready")
 
     def _still_starting(self, deadline: float, what: str) -> None:
         if self.proc.poll() is not None:
-            raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{self.log_tail()}")
+            raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n{self.log_tail()}")
         if time.monotonic() > deadline:
             self.kill()
-            raise RuntimeError(f"bridge not {what} in time:\n{self.log_tail()}")
+            raise RuntimeError(f"{self.module} not {what} in time:\n{self.log_tail()}")
         time.sleep(0.05)
 
     def _ready(self) -> bool:

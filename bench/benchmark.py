@@ -30,34 +30,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import importlib.util
 import json
 import os
 import select
 import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from ._cluster import ROOT, Broker, BridgeProcess, free_port, make_tls
 from .events import write_bodies
 
-ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".local" / "bench"
 LOADGEN_SRC = ROOT / "bench" / "loadgen"
-PUSH_PATH = "/service-cloud/rest/cc-ai/v1/agentevent/pushresult"
 TOKEN = "bench-token"
 GUID = "279fe21d-1b2c-4d3e-9f00-aabbccddeeff.AgentGateway1"
 TOPIC = "bench.agent.events"
 BRIDGE = "bridge serve"  # python -m bridge serve
+NAIVE = "bench.naive_app"
 PARTITIONS = 12  # the bridge's default for topics it creates
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
@@ -93,12 +90,6 @@ QUICK = Plan(mixes=(5,), warmup_s=1, window_s=4, latency_window_s=5,
 
 # ---------------------------------------------------------------------------------------------
 # Processes and what they use
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -170,78 +161,22 @@ def stderr_lines(proc: subprocess.Popen, deadline: float):
             yield line.decode(errors="replace").strip()
 
 
-class Service:
-    """A server process on a free loopback port (one of a --workers group)."""
-
-    def __init__(self, module: str, env: dict[str, str], logs: Path) -> None:
-        self.module = module
-        self.port = free_port()
-        self.env = {**env, "BRIDGE_PORT": str(self.port), "BRIDGE_MANAGEMENT_PORT": str(free_port())}
-        self.log_path = logs / f"{module.split()[0]}-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}{PUSH_PATH}"
-
-    def start(self) -> Self:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", *self.module.split()], cwd=ROOT, env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         preexec_fn=server_affinity)
-        return self
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until the push port accepts connections and, for the bridge, /readyz answers 200
-        (Kafka connected, topics there), as an orchestrator would wait before routing traffic."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                if self.module != BRIDGE:
-                    return
-                readyz = f"http://127.0.0.1:{self.env['BRIDGE_MANAGEMENT_PORT']}/readyz"
-                with urllib.request.urlopen(readyz, timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.module} not ready after {timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 class Group:
     """N processes of one server module, each on its own port; the generator spreads over them."""
 
-    def __init__(self, module: str, env: dict[str, str], logs: Path, workers: int,
+    def __init__(self, module: str, env: dict[str, str], tls: Path, logs: Path, workers: int,
                  running: list[Group]) -> None:
-        self.members = [Service(module, env, logs) for _ in range(workers)]
+        self.members = [BridgeProcess(env, tls, logs, module=module, preexec_fn=server_affinity)
+                        for _ in range(workers)]
+        # The bridge and the HTTP ceiling (the bridge's own serve()) have /readyz; the naive app not.
+        self.has_readyz = module != NAIVE
         running.append(self)
 
     def __enter__(self) -> Self:
         for member in self.members:
-            member.start()
+            member.start(wait=False)
         for member in self.members:
-            member.wait_ready()
+            member.wait(ready=self.has_readyz)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -314,7 +249,7 @@ class Bench:
     running: list[Group] = field(default_factory=list)
 
     def group(self, module: str) -> Group:
-        return Group(module, self.env, self.logs, self.workers, self.running)
+        return Group(module, self.env, self.tls, self.logs, self.workers, self.running)
 
     def load(self, target: Group, body_file: Path, *, rate: float | None = None,
              window_s: float | None = None, conns: int | None = None, cover_up_to_s: float | None = None) -> dict:
@@ -409,13 +344,6 @@ class Bench:
 
 # ---------------------------------------------------------------------------------------------
 # Kafka and TLS
-
-
-def load_kafkalocal():
-    spec = importlib.util.spec_from_file_location("kafkalocal", ROOT / "deploy" / "kafka-local" / "kafkalocal.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 async def create_topic(bootstrap: str, tls: Path) -> None:
@@ -767,7 +695,7 @@ def measure(bench: Bench, profile: bool) -> dict:
         results["mixes"][str(first)]["producer_half"] = bench.producer_ceiling(
             pool[first], rate=half_rate, window_s=plan.latency_window_s)
 
-    with bench.group("bench.naive_app") as naive:
+    with bench.group(NAIVE) as naive:
         for events in plan.mixes:
             step(f"naive receiver, {events} events/push")
             results["mixes"][str(events)]["naive"] = bench.load(naive, pool[events])
@@ -817,19 +745,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     loadavg = " ".join(f"{v:.2f}" for v in os.getloadavg())
     loadgen = loadgen_binary()
-    kafkalocal = load_kafkalocal()
     workdir = Path(tempfile.mkdtemp(prefix="cc-bridge-bench-"))
-    kafka_home = workdir / "kafka"
+    tls = make_tls(workdir / "tls")
+    broker = Broker(workdir / "kafka", tls)
     bench: Bench | None = None
     try:
-        tls = workdir / "tls"
-        subprocess.run([str(ROOT / "deploy" / "tls" / "make-dev-certs.sh"), str(tls)], check=True,
-                       stdout=subprocess.DEVNULL)
         print("bench: starting Kafka ...", flush=True)
-        port, ssl_port, controller_port = free_port(), free_port(), free_port()
-        state = kafkalocal.start(kafka_home, port, ssl_port, controller_port, tls)
-        bootstrap = f"127.0.0.1:{ssl_port}"
-        asyncio.run(create_topic(bootstrap, tls))
+        broker.start()
+        asyncio.run(create_topic(broker.bootstrap, tls))
         bodies_dir = workdir / "bodies"
         bodies_dir.mkdir()
         bodies = {}
@@ -838,16 +761,14 @@ def main(argv: list[str] | None = None) -> int:
             write_bodies(bodies[(events, agents)], agents, events)
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
         env.update(
-            BRIDGE_KAFKA_BOOTSTRAP_SERVERS=bootstrap, BRIDGE_KAFKA_SECURITY_PROTOCOL="SSL",
-            BRIDGE_KAFKA_SSL_CAFILE=str(tls / "ca.pem"), BRIDGE_KAFKA_SSL_CERTFILE=str(tls / "server.pem"),
-            BRIDGE_KAFKA_SSL_KEYFILE=str(tls / "server.key"), BRIDGE_TLS_CERTFILE=str(tls / "server.pem"),
+            broker.bridge_env(), BRIDGE_TLS_CERTFILE=str(tls / "server.pem"),
             BRIDGE_TLS_KEYFILE=str(tls / "server.key"), BRIDGE_HOST="127.0.0.1", BRIDGE_TOPIC=TOPIC,
             BRIDGE_SERVICE_TOKENS=TOKEN, BRIDGE_CREATE_TOPICS="true", BRIDGE_TOPIC_PARTITIONS=str(PARTITIONS),
         )
         env.update(extra)
         logs = workdir / "logs"
         logs.mkdir()
-        bench = Bench(plan, loadgen, tls, args.conns, args.workers, state["pid"], env, logs, bodies)
+        bench = Bench(plan, loadgen, tls, args.conns, args.workers, broker.pid, env, logs, bodies)
         results = measure(bench, args.profile)
         results["machine"] = {"quick": args.quick, "cpus": NCPU, "loadavg_before": loadavg,
                               "loadavg_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
@@ -867,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         if bench is not None:
             for group in bench.running:
                 group.stop()
-        kafkalocal.stop(kafka_home)
+        broker.stop()
         if args.keep:
             print(f"bench: logs kept in {workdir}", file=sys.stderr)
         else:

@@ -154,7 +154,6 @@ class PushFirst:
 
     def __init__(self, path: str, endpoint: PushEndpoint, app: Starlette) -> None:
         self.path, self.endpoint, self.app = path, endpoint, app
-        self.state = app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == self.path:
@@ -163,12 +162,9 @@ class PushFirst:
             await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings, publisher: Publisher | None = None, metrics: Metrics | None = None,
-               shutdown_timeout_s: float | None = None) -> PushFirst:
-    """The push app. `publisher` is injectable so benchmarks can measure the HTTP path alone."""
-    metrics = metrics or Metrics()
-    publisher = publisher or Publisher(settings, metrics)
-    flush_bound = settings.publish_timeout_s if shutdown_timeout_s is None else shutdown_timeout_s
+def create_app(settings: Settings, publisher: Publisher, metrics: Metrics) -> PushFirst:
+    """The push app: the push path, and Starlette for the producer's lifespan and unknown paths."""
+    flush_bound = settings.publish_timeout_s
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -179,12 +175,8 @@ def create_app(settings: Settings, publisher: Publisher | None = None, metrics: 
         except TimeoutError:
             logging.getLogger("bridge").error("Kafka flush did not finish within %g s", flush_bound)
 
-    endpoint = PushEndpoint(settings, publisher, metrics)
-    app = Starlette(routes=[Route(settings.push_path, endpoint)], exception_handlers={404: not_found},
-                    lifespan=lifespan)
-    app.state.publisher = publisher
-    app.state.metrics = metrics
-    return PushFirst(settings.push_path, endpoint, app)
+    app = Starlette(exception_handlers={404: not_found}, lifespan=lifespan)
+    return PushFirst(settings.push_path, PushEndpoint(settings, publisher, metrics), app)
 
 
 def create_management_app(publisher: Publisher, metrics: Metrics, shutting_down: Callable[[], bool]) -> Starlette:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import Counter
 from typing import Iterable
 
@@ -168,7 +169,6 @@ class Publisher:
                 pass
             self._check_now.clear()
             if self._reset_wanted:
-                log.warning("replacing the Kafka producer after a failed batch")
                 await self._drop_producer()
             if self._producer is None:
                 await self._connect()
@@ -251,9 +251,12 @@ class Publisher:
             return
         errors = [r for r in acks.result() if isinstance(r, BaseException)]
         if errors and not self._reset_wanted:
-            log.warning("Kafka rejected a batch (%s)", type(errors[0]).__name__)
-            self._reset_wanted = True
-            self._check_now.set()
+            self._want_new_producer(f"Kafka rejected a batch ({type(errors[0]).__name__})")
+
+    def _want_new_producer(self, why: str) -> None:
+        log.warning("%s: the producer will be replaced", why)
+        self._reset_wanted = True
+        self._check_now.set()
 
     async def _create_topics(self) -> None:
         settings = self._settings
@@ -278,11 +281,30 @@ class Publisher:
 
     async def publish(self, records: list[Record]) -> None:
         """Return once Kafka acknowledged every record; raise PublishError otherwise."""
+        started = time.monotonic()
+        await self._write(records)
+        self._metrics.publish_seconds.observe(time.monotonic() - started)
+        if self._settings.routes:
+            for topic, count in Counter(r.topic for r in records).items():
+                self._metrics.events.labels(topic).inc(count)
+        else:
+            self._events_default.inc(len(records))
+
+    async def dead_letter(self, record: Record) -> bool:
+        """Keep a refused push in the dead-letter topic; False if Kafka did not take it in time."""
+        try:
+            await self._write([record])
+        except PublishError as exc:
+            log.error("could not keep a refused push in %s: %s", record.topic, exc)
+            return False
+        self._metrics.dead_letters.inc()
+        return True
+
+    async def _write(self, records: list[Record]) -> None:
+        """Write in the configured mode, bounded by BRIDGE_PUBLISH_TIMEOUT_S."""
         if not self.ready:
             raise PublishError(self._problem)
         timeout = self._settings.publish_timeout_s
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         try:
             async with asyncio.timeout(timeout):
                 if self._settings.atomic_pushes:
@@ -295,17 +317,11 @@ class Publisher:
         except KafkaError as exc:
             self._check_now.set()
             raise PublishError(f"Kafka refused the events: {type(exc).__name__}") from None
-        self._metrics.publish_seconds.observe(loop.time() - started)
-        if self._settings.routes:
-            for topic, count in Counter(r.topic for r in records).items():
-                self._metrics.events.labels(topic).inc(count)
-        else:
-            self._events_default.inc(len(records))
 
     async def _publish_idempotent(self, records: list[Record]) -> None:
         producer = self._producer
         partitions = self._partitions_of(producer, records)
-        async with self._locks.hold(r.key for r in records):
+        async with self._locks.hold(r.key for r in records if r.key is not None):
             futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers, partition=p)
                        for r, p in zip(records, partitions)]
         acks = asyncio.gather(*futures, return_exceptions=True)
@@ -322,7 +338,9 @@ class Publisher:
         cluster, chosen, result = producer.client.cluster, {}, []
         for r in records:
             partition = chosen.get((r.topic, r.key), -1)
-            if partition == -1:
+            if partition == -1 and r.key is None:
+                partition = None  # no key: the producer spreads such records itself
+            elif partition == -1:
                 count = len(cluster.partitions_for_topic(r.topic) or ())
                 partition = chosen[(r.topic, r.key)] = (murmur2(r.key) & 0x7FFFFFFF) % count if count else None
             result.append(partition)
@@ -354,16 +372,17 @@ class Publisher:
                     raise PublishError(self._problem)
                 async with asyncio.timeout(self._settings.publish_timeout_s):
                     await producer.begin_transaction()
-                    for records, _ in group:
-                        for r in records:
-                            await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
-                    await producer.commit_transaction()
+                    try:
+                        for records, _ in group:
+                            for r in records:
+                                await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+                        await producer.commit_transaction()
+                    except BaseException as exc:
+                        # An open or half-committed transaction is abandoned with its producer:
+                        # the next one, with the same transactional id, aborts it on registering.
+                        self._want_new_producer(f"Kafka transaction failed ({type(exc).__name__})")
+                        raise
             except (KafkaError, PublishError, TimeoutError) as exc:
-                # An open or half-committed transaction is abandoned with its producer: the next
-                # producer, with the same transactional id, aborts it when it registers.
-                if producer is not None:
-                    self._reset_wanted = True
-                    self._check_now.set()
                 error = PublishError(f"Kafka transaction failed: {type(exc).__name__}")
                 for _, done in group:
                     if not done.done():
@@ -373,19 +392,3 @@ class Publisher:
                 if not done.done():
                     done.set_result(None)
 
-    async def dead_letter(self, record: Record) -> bool:
-        """Keep a refused push in the dead-letter topic; False if Kafka did not take it in time."""
-        producer = self._producer
-        if producer is None or not self._healthy:
-            return False
-        try:
-            async with asyncio.timeout(self._settings.publish_timeout_s):
-                if self._settings.atomic_pushes:
-                    await self._publish_in_transaction([record])
-                else:
-                    await (await producer.send(record.topic, record.value, key=record.key, headers=record.headers))
-        except (KafkaError, PublishError, TimeoutError) as exc:
-            log.error("could not keep a refused push in %s: %s", record.topic, type(exc).__name__)
-            return False
-        self._metrics.dead_letters.inc()
-        return True

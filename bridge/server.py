@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import orjson
 import uvicorn
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import config
@@ -71,8 +72,8 @@ def tls_context(_config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) 
     return context
 
 
-def uvicorn_config(settings: config.Settings, app=None) -> uvicorn.Config:
-    """The push server's uvicorn settings; `app` defaults to the bridge (benchmarks pass others)."""
+def uvicorn_config(settings: config.Settings, app: ASGIApp) -> uvicorn.Config:
+    """The push server's uvicorn settings (the benchmark's naive receiver uses them too)."""
     tls: dict = {}
     if not settings.insecure_http:
         tls = {
@@ -82,7 +83,7 @@ def uvicorn_config(settings: config.Settings, app=None) -> uvicorn.Config:
             "ssl_context_factory": tls_context,
         }
     return uvicorn.Config(
-        app if app is not None else create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
