@@ -32,8 +32,6 @@ class NullPublisher(Publisher):
     async def publish(self, records: list[Record]) -> None:
         return None
 
-    async def dead_letter(self, record: Record) -> bool:
-        return True
 
 
 if __name__ == "__main__":

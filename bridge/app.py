@@ -25,8 +25,9 @@ from .auth import Authenticator, mask_guid
 from .config import Settings
 from .metrics import Metrics
 from .protocol import CONTENT_TYPE, SUCCESS_BODY, Refusal
-from .publisher import Publisher, PublishError
-from .records import Router, build_records, dead_letter_record
+from .delivery import Delivery, Unavailable
+from .records import Record, Router, build_records, dead_letter_record
+from .risk import AgentRisk
 
 log = logging.getLogger("bridge.push")
 KEPT_REFUSALS = (400, 413, 415)  # malformed pushes: kept in the dead-letter topic when authenticated
@@ -62,12 +63,14 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
 class PushEndpoint:
     """ASGI app for the push path (any method reaches it, so it can answer 405 in JSON)."""
 
-    def __init__(self, settings: Settings, publisher: Publisher, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, delivery: Delivery, metrics: Metrics, risk: AgentRisk) -> None:
         self._settings = settings
         self._auth = Authenticator(settings.service_tokens, settings.allow_no_token)
         self._router = Router(settings.topic, settings.routes)
-        self._publisher = publisher
+        self._delivery = delivery
         self._metrics = metrics
+        self._risk = risk
+        self._quarantine = settings.malformed_pushes == "quarantine"
         self._inflight = 0
         self._ok_level = logging.getLevelName(settings.push_log_level.upper())
 
@@ -97,16 +100,30 @@ class PushEndpoint:
             if self._inflight > self._settings.max_inflight_pushes:
                 raise protocol.unavailable(f"{self._settings.max_inflight_pushes} pushes are already in flight",
                                            "overloaded", retry_after_s=1)
-            body = await read_body(receive, self._settings.max_body_bytes, declared)
-            if body is None:
-                return  # the gateway hung up; nothing was published
-            protocol.check_content_type(content_type)
-            push = protocol.parse_push(body, self._settings.max_events_per_push)
-            outcome.update(workNo=push.work_no, events=len(push.events))
             try:
-                await self._publisher.publish(build_records(push, node, self._router))
-            except PublishError as exc:
-                raise protocol.unavailable(str(exc), "kafka") from None
+                body = await read_body(receive, self._settings.max_body_bytes, declared)
+                if body is None:
+                    return  # the gateway hung up; nothing was published
+                protocol.check_content_type(content_type)
+                push = protocol.parse_push(body, self._settings.max_events_per_push)
+                outcome.update(workNo=push.work_no, events=push.size)
+                if push.problems and not (self._quarantine and push.events):
+                    raise protocol.bad_message(push.problems[0])
+            except Refusal as malformed:
+                if not self._quarantine:
+                    raise
+                # Refused, the gateway would send it again every 10 s until the agent is signed out.
+                outcome["quarantined"] = malformed.message
+                await self._keep([self._dead_letter(body or b"", malformed, node, declared)], outcome)
+                self._metrics.quarantined.labels(malformed.reason).inc()
+            else:
+                records = build_records(push, node, self._router)
+                if push.problems:  # the well-formed events go on; the push is kept whole aside
+                    partial = protocol.bad_message("; ".join(push.problems[:10]))
+                    outcome["quarantined"] = partial.message
+                    records.append(self._dead_letter(body, partial, node, declared))
+                    self._metrics.quarantined.labels("events").inc()
+                await self._keep(records, outcome)
         except Refusal as refusal:
             await self._refuse(send, refusal, node, body, declared, outcome, started)
             return
@@ -122,21 +139,38 @@ class PushEndpoint:
         elapsed = time.perf_counter() - started
         self._metrics.ok.inc()
         self._metrics.push_seconds.observe(elapsed)
+        self._risk.succeeded(outcome["workNo"])
         if log.isEnabledFor(self._ok_level):
             outcome.update(retcode="0", status=200, duration_ms=round(elapsed * 1000, 2))
             log.log(self._ok_level, "pushEvent accepted", extra={"fields": outcome})
 
+    async def _keep(self, records: list[Record], outcome: dict) -> None:
+        try:
+            if await self._delivery.keep(records):
+                outcome["spooled"] = True
+        except Unavailable as exc:
+            raise protocol.unavailable(str(exc), "kafka") from None
+
+    def _dead_letter(self, body: bytes, refusal: Refusal, node: str, declared: int | None) -> Record:
+        self._metrics.dead_letters.inc()
+        return dead_letter_record(self._settings.dead_letter_topic, body, refusal.status, refusal.retcode,
+                                  refusal.message, node, declared if not body else None)
+
     async def _refuse(self, send: Send, refusal: Refusal, node: str | None, body: bytes, declared: int | None,
                       outcome: dict, started: float) -> None:
         if node is not None and refusal.status in KEPT_REFUSALS and self._settings.dead_letter_topic:
-            outcome["kept"] = await self._publisher.dead_letter(dead_letter_record(
-                self._settings.dead_letter_topic, body, refusal.status, refusal.retcode, refusal.message,
-                node, declared if not body else None))
+            try:  # strict mode: refused, and a copy kept for the operators
+                await self._delivery.keep([self._dead_letter(body, refusal, node, declared)])
+                outcome["kept"] = True
+            except Unavailable:
+                outcome["kept"] = False
         await answer(send, refusal.status, protocol.failure_body(refusal), refusal.headers)
         elapsed = time.perf_counter() - started
         self._metrics.pushes.labels(refusal.retcode).inc()
         self._metrics.rejected.labels(refusal.reason).inc()
         self._metrics.push_seconds.observe(elapsed)
+        if outcome["workNo"] is not None:
+            self._risk.failed(outcome["workNo"])
         outcome.update(retcode=refusal.retcode, status=refusal.status, reason=refusal.message,
                        duration_ms=round(elapsed * 1000, 2))
         log.warning("pushEvent refused", extra={"fields": outcome})
@@ -162,35 +196,37 @@ class PushFirst:
             await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings, publisher: Publisher, metrics: Metrics) -> PushFirst:
+def create_app(settings: Settings, delivery: Delivery, metrics: Metrics, risk: AgentRisk) -> PushFirst:
     """The push app: the push path, and Starlette for the producer's lifespan and unknown paths."""
     flush_bound = settings.publish_timeout_s
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await publisher.start()
+        await delivery.start()
         yield
         try:  # in-flight pushes are already answered; deliver what is still buffered, bounded
-            await asyncio.wait_for(publisher.stop(), flush_bound)
+            await asyncio.wait_for(delivery.stop(), flush_bound)
         except TimeoutError:
             logging.getLogger("bridge").error("Kafka flush did not finish within %g s", flush_bound)
 
     app = Starlette(exception_handlers={404: not_found}, lifespan=lifespan)
-    return PushFirst(settings.push_path, PushEndpoint(settings, publisher, metrics), app)
+    return PushFirst(settings.push_path, PushEndpoint(settings, delivery, metrics, risk), app)
 
 
-def create_management_app(publisher: Publisher, metrics: Metrics, shutting_down: Callable[[], bool]) -> Starlette:
-    """/healthz (the process answers), /readyz (Kafka usable, not draining), /metrics (Prometheus)."""
+def create_management_app(delivery: Delivery, metrics: Metrics, shutting_down: Callable[[], bool]) -> Starlette:
+    """/healthz (the process answers), /readyz (pushes can be kept, not draining), /metrics."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        info = delivery.describe()
         if shutting_down():
-            return JSONResponse({"status": "not ready", "reason": "shutting down"}, 503)
-        if not publisher.ready:
-            return JSONResponse({"status": "not ready", "reason": "Kafka not reachable or topics missing"}, 503)
-        return JSONResponse({"status": "ready"})
+            return JSONResponse({"status": "not ready", "reason": "shutting down", **info}, 503)
+        if not delivery.ready:
+            return JSONResponse({"status": "not ready", "reason": "pushes cannot be kept: Kafka is not usable "
+                                 "and there is no spool accepting them", **info}, 503)
+        return JSONResponse({"status": "ready", **info})
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -18,6 +18,7 @@ TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,50}")
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,249}")
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MALFORMED_MODES = ("quarantine", "refuse")
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,9 @@ class Settings:
     topic: str = "cc.agent.events"
     routes: tuple[Route, ...] = ()
     dead_letter_topic: str | None = "cc.agent.deadletter"
+    malformed_pushes: str = "quarantine"
+    spool_dir: Path | None = None
+    spool_max_bytes: int = 1 << 30
     atomic_pushes: bool = False
     transactional_id: str | None = None
     create_topics: bool = False
@@ -200,6 +204,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     host = r.text("HOST", "127.0.0.1")
     port = r.number("PORT", 8043, 1, 65535)
     management_port = r.number("MANAGEMENT_PORT", 8081, 1, 65535)
+    dead_letter_topic = _dead_letter_topic(r.text("DEAD_LETTER_TOPIC", "cc.agent.deadletter"))
+    malformed = r.choice("MALFORMED_PUSHES", "quarantine" if dead_letter_topic else "refuse", MALFORMED_MODES,
+                         fold=str.lower)
+    if malformed == "quarantine" and not dead_letter_topic:
+        raise ConfigError(f"{PREFIX}MALFORMED_PUSHES=quarantine needs a dead-letter topic "
+                          f"({PREFIX}DEAD_LETTER_TOPIC is off)")
+    spool_dir = r.raw("SPOOL_DIR")
     if management_port == port:
         raise ConfigError(f"{PREFIX}MANAGEMENT_PORT={management_port} must differ from {PREFIX}PORT")
     settings = Settings(
@@ -223,7 +234,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         allow_no_token=allow_no_token,
         topic=_topic("TOPIC", r.text("TOPIC", "cc.agent.events")),
         routes=_routes(r.raw("ROUTES")),
-        dead_letter_topic=_dead_letter_topic(r.text("DEAD_LETTER_TOPIC", "cc.agent.deadletter")),
+        dead_letter_topic=dead_letter_topic,
+        malformed_pushes=malformed,
+        spool_dir=None if spool_dir is None or spool_dir.lower() == "off" else Path(spool_dir),
+        spool_max_bytes=r.number("SPOOL_MAX_BYTES", 1 << 30, 1 << 20, 1 << 50),
         atomic_pushes=r.flag("ATOMIC_PUSHES"),
         transactional_id=r.raw("TRANSACTIONAL_ID"),
         create_topics=r.flag("CREATE_TOPICS"),

@@ -1,10 +1,18 @@
 """Prometheus metrics of one bridge process. Label values come from small fixed sets (retcodes,
-refusal reasons, configured topics): never a workNo, a Guid or anything a client chooses."""
+refusal reasons, configured topics, thresholds): never a workNo, a Guid or anything a client chooses."""
 from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+if TYPE_CHECKING:
+    from .risk import AgentRisk
+    from .spool import Spool
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RISK_THRESHOLDS_S = (30, 60)
 
 
 class Metrics:
@@ -13,9 +21,12 @@ class Metrics:
         self.pushes = Counter("bridge_pushes", "Pushes answered, by retcode.", ["retcode"], registry=registry)
         self.rejected = Counter("bridge_pushes_rejected", "Pushes refused, by reason.", ["reason"],
                                 registry=registry)
+        self.quarantined = Counter("bridge_quarantined_pushes",
+                                   "Malformed pushes answered \"0\" and kept in the dead-letter topic, by reason.",
+                                   ["reason"], registry=registry)
         self.events = Counter("bridge_events_published", "Events acknowledged by Kafka, by topic.", ["topic"],
                               registry=registry)
-        self.dead_letters = Counter("bridge_dead_letters", "Refused pushes kept in the dead-letter topic.",
+        self.dead_letters = Counter("bridge_dead_letters", "Malformed pushes kept in the dead-letter topic.",
                                     registry=registry)
         self.push_seconds = Histogram("bridge_push_duration_seconds", "Time from request to answer.",
                                       buckets=LATENCY_BUCKETS, registry=registry)
@@ -25,4 +36,34 @@ class Metrics:
         self.inflight = Gauge("bridge_inflight_pushes", "Pushes being processed now.", registry=registry)
         self.kafka_connected = Gauge("bridge_kafka_connected",
                                      "1 while the last Kafka health check succeeded, else 0.", registry=registry)
+        self.spooled = Counter("bridge_spooled_pushes", "Pushes kept in the outage spool.", registry=registry)
+        self.drained = Counter("bridge_drained_pushes", "Spooled pushes delivered to Kafka.", registry=registry)
+        self.drain_errors = Counter("bridge_drain_errors", "Attempts to deliver spooled pushes that failed.",
+                                    registry=registry)
+        self.spool_errors = Counter("bridge_spool_errors",
+                                    "Pushes the spool could not keep (full, disk error), answered 503.",
+                                    registry=registry)
+        self.spool_corrupt = Counter("bridge_spool_corrupt_entries",
+                                     "Damaged spool entries moved aside or left out.", registry=registry)
+        self.agents_failing = Gauge("bridge_agents_failing",
+                                    "Agents whose pushes have been failing for longer than `over`.", ["over"],
+                                    registry=registry)
         self.ok = self.pushes.labels("0")
+
+    def watch_spool(self, spool: "Spool | None") -> None:
+        """Gauges read from the spool at each scrape (all 0 when the bridge runs without one)."""
+        def gauge(name: str, text: str, read) -> None:
+            Gauge(name, text, registry=self.registry).set_function(lambda: 0 if spool is None else read(spool))
+
+        gauge("bridge_spool_bytes", "Bytes of spool files on disk.", lambda s: s.bytes)
+        gauge("bridge_spool_entries", "Pushes in the spool not yet delivered to Kafka.", lambda s: s.entries)
+        gauge("bridge_spool_accepting", "1 while the spool can keep pushes, else 0.", lambda s: int(s.accepting))
+        gauge("bridge_spool_oldest_age_seconds", "Age of the oldest push not yet delivered from the spool.",
+              lambda s: 0 if s.oldest_ms is None else max(0.0, time.time() - s.oldest_ms / 1000))
+        if spool is not None:
+            self.spool_corrupt.inc(spool.corrupt_entries)
+
+    def watch_risk(self, risk: "AgentRisk") -> None:
+        for seconds in RISK_THRESHOLDS_S:
+            self.agents_failing.labels(f"{seconds}s").set_function(
+                lambda seconds=seconds: risk.failing_longer_than(seconds))

@@ -55,12 +55,16 @@ def unavailable(message: str, reason: str, retry_after_s: int = 10) -> Refusal:
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """A validated push: the agent's workNo (as text), its events oldest first, and per event
-    the agent it belongs to (the event's own workNo, else the push's)."""
+    """A parsed push: the agent's workNo (as text), its well-formed events oldest first, per event
+    the agent it belongs to (the event's own workNo, else the push's) and its index in eventList,
+    the length of eventList, and what is wrong with the events left out (empty for a valid push)."""
 
     work_no: str
     events: list[dict[str, Any]]
     agents: list[str]
+    indexes: list[int]
+    size: int
+    problems: list[str]
 
 
 def check_content_type(value: str | None) -> None:
@@ -87,7 +91,8 @@ def work_no_text(value: Any, where: str) -> str:
 
 
 def parse_push(body: bytes, max_events: int) -> Push:
-    """Parse and check a push body; raise Refusal naming the first problem found."""
+    """Parse and check a push body. A problem with the push as a whole raises Refusal naming it;
+    events that are not well-formed are left out and named in `Push.problems`."""
     if not body:
         raise bad_message("request body is empty; expected a JSON object with workNo and eventList")
     try:
@@ -107,14 +112,25 @@ def parse_push(body: bytes, max_events: int) -> Push:
     if len(events) > max_events:
         raise Refusal(413, BAD_MESSAGE, f"eventList has {len(events)} events; the limit is {max_events}",
                       "too_large")
-    agents = []
+    good, agents, indexes, problems = [], [], [], []
     for index, event in enumerate(events):
-        if not isinstance(event, dict):
-            raise bad_message(f"eventList[{index}] must be an object")
-        event_type = event.get("eventType")
-        if not isinstance(event_type, str) or not event_type:
-            raise bad_message(f"eventList[{index}].eventType must be a non-empty string")
-        own = event.get("workNo")
-        # The vendor's example leaves workNo empty; absent, null and "" all mean "the push's agent".
-        agents.append(work_no if own is None or own == "" else work_no_text(own, f"eventList[{index}].workNo"))
-    return Push(work_no, events, agents)
+        try:
+            agents.append(event_agent(event, index, work_no))
+        except Refusal as refusal:
+            problems.append(refusal.message)
+            continue
+        good.append(event)
+        indexes.append(index)
+    return Push(work_no, good, agents, indexes, len(events), problems)
+
+
+def event_agent(event: Any, index: int, work_no: str) -> str:
+    """The agent a well-formed event belongs to; raise Refusal naming what is wrong with it."""
+    if not isinstance(event, dict):
+        raise bad_message(f"eventList[{index}] must be an object")
+    event_type = event.get("eventType")
+    if not isinstance(event_type, str) or not event_type:
+        raise bad_message(f"eventList[{index}].eventType must be a non-empty string")
+    own = event.get("workNo")
+    # The vendor's example leaves workNo empty; absent, null and "" all mean "the push's agent".
+    return work_no if own is None or own == "" else work_no_text(own, f"eventList[{index}].workNo")

@@ -136,6 +136,11 @@ class Publisher:
         self._pump: asyncio.Task | None = None
 
     @property
+    def problem(self) -> str:
+        """Why Kafka cannot take pushes now ("" when it can)."""
+        return "" if self.ready else self._problem
+
+    @property
     def ready(self) -> bool:
         """Kafka answered the last health check and every configured topic exists."""
         return self._healthy and self._producer is not None
@@ -241,7 +246,7 @@ class Publisher:
             if healthy:
                 log.info("Kafka is reachable and every topic exists")
             else:
-                log.warning("%s: pushes are refused with 503", problem)
+                log.warning("Kafka is not usable: %s", problem)
         self._healthy, self._problem = healthy, problem
         self._metrics.kafka_connected.set(1 if healthy else 0)
 
@@ -289,16 +294,6 @@ class Publisher:
                 self._metrics.events.labels(topic).inc(count)
         else:
             self._events_default.inc(len(records))
-
-    async def dead_letter(self, record: Record) -> bool:
-        """Keep a refused push in the dead-letter topic; False if Kafka did not take it in time."""
-        try:
-            await self._write([record])
-        except PublishError as exc:
-            log.error("could not keep a refused push in %s: %s", record.topic, exc)
-            return False
-        self._metrics.dead_letters.inc()
-        return True
 
     async def _write(self, records: list[Record]) -> None:
         """Write in the configured mode, bounded by BRIDGE_PUBLISH_TIMEOUT_S."""

@@ -85,11 +85,11 @@ def build_records(push: Push, node: str, router: Router,
         ("ce_time", rfc3339(received_at)),
         ("content-type", JSON),
         ("ce_pushid", (push_id or new_push_id()).encode()),
-        ("ce_pushsize", str(len(push.events)).encode()),
+        ("ce_pushsize", str(push.size).encode()),
     ]
     seen: dict[str, int] = {}
     records = []
-    for index, (event, agent) in enumerate(zip(push.events, push.agents)):
+    for index, event, agent in zip(push.indexes, push.events, push.agents):
         key = agent.encode()
         value = orjson.dumps(event)
         digest = hashlib.blake2b(key + b"\x00" + value, digest_size=16).hexdigest()
@@ -109,13 +109,14 @@ def build_records(push: Push, node: str, router: Router,
 
 def dead_letter_record(topic: str, body: bytes, status: int, retcode: str, reason: str, node: str,
                        declared_length: int | None, received_at: float | None = None) -> Record:
-    """A refused push from an authenticated gateway, kept as received (the body is already bounded
-    by the size limit; a body refused by its declared length alone was never read)."""
+    """A malformed push from an authenticated gateway, kept as received (the body is already bounded
+    by the size limit; a body too large by its declared length alone was never read). `status` and
+    `retcode` are what strict mode answers for it; `reason` names the problem."""
     received_at = time.time() if received_at is None else received_at
     headers = [
         ("ce_specversion", SPEC_VERSION),
         ("ce_id", uuid.uuid4().hex.encode()),
-        ("ce_type", b"cc.bridge.refused_push"),
+        ("ce_type", b"cc.bridge.quarantined_push"),
         ("ce_source", source_for(node)),
         ("ce_time", rfc3339(received_at)),
         ("content-type", b"application/octet-stream"),

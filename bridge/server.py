@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
 import ssl
 from typing import Callable, Iterator
@@ -21,10 +22,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import config
 from .app import create_app, create_management_app
+from .delivery import Delivery
 from .metrics import Metrics
 from .protocol import BAD_MESSAGE, CONTENT_TYPE
 from .publisher import Publisher
+from .risk import AgentRisk
+from .spool import Spool, SpoolError
 
+log = logging.getLogger("bridge")
 HEAD_END = b"\r\n\r\n"
 
 
@@ -120,14 +125,33 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def open_spool(settings: config.Settings) -> tuple[Spool | None, str]:
+    """The recovered outage spool, or None and why. A spool that cannot be opened does not stop the
+    bridge (pushes still go to Kafka while it is usable); readiness and metrics show the problem."""
+    if settings.spool_dir is None:
+        log.warning("BRIDGE_SPOOL_DIR is not set: while Kafka cannot take pushes they are refused with 503, and "
+                    "an outage longer than 2 minutes gets agents signed out by the gateway")
+        return None, ""
+    try:
+        spool = Spool.open(settings.spool_dir, settings.spool_max_bytes)
+    except SpoolError as exc:
+        log.error("outage spool unavailable: %s; pushes are refused with 503 whenever Kafka cannot take them", exc)
+        return None, str(exc)
+    log.info("outage spool in %s (limit %d bytes)", spool.directory, settings.spool_max_bytes)
+    return spool, ""
+
+
 async def run(settings: config.Settings, make_publisher: Callable[..., Publisher] = Publisher) -> bool:
     """Serve until SIGTERM/SIGINT. `make_publisher(settings, metrics)` is replaceable so the
-    benchmark can run this very stack without Kafka."""
+    benchmark can run this very stack without Kafka. The spool is recovered before anything else."""
+    spool, spool_problem = open_spool(settings)
     metrics = Metrics()
-    publisher = make_publisher(settings, metrics)
-    push = Server(uvicorn_config(settings, create_app(settings, publisher, metrics)), owns_signals=True)
+    risk = AgentRisk()
+    metrics.watch_risk(risk)
+    delivery = Delivery(make_publisher(settings, metrics), spool, metrics, spool_problem)
+    push = Server(uvicorn_config(settings, create_app(settings, delivery, metrics, risk)), owns_signals=True)
     management = Server(uvicorn.Config(
-        create_management_app(publisher, metrics, lambda: push.should_exit),
+        create_management_app(delivery, metrics, lambda: push.should_exit),
         host=settings.management_host, port=settings.management_port, loop="uvloop",
         http=bounded_head_protocol(settings.max_header_bytes),
         lifespan="off", access_log=False, server_header=False, log_config=None,

@@ -98,9 +98,11 @@ FAILURES = [
 
 @pytest.fixture(scope="module")
 def strict_bridge(kafka, tls_dir, tmp_path_factory):
-    """A bridge with small limits and a topic of its own, so 'nothing was written' can be checked."""
+    """A bridge with small limits, strict refusals and a topic of its own, so "nothing was written" can be
+    checked."""
     topic = "test.refusals"
-    process = Bridge(bridge_env(kafka, topic, BRIDGE_MAX_BODY_BYTES="65536", BRIDGE_MAX_EVENTS_PER_PUSH="50"),
+    process = Bridge(bridge_env(kafka, topic, BRIDGE_MAX_BODY_BYTES="65536", BRIDGE_MAX_EVENTS_PER_PUSH="50",
+                                BRIDGE_MALFORMED_PUSHES="refuse"),
                      tls_dir).start(tmp_path_factory.mktemp("logs"))
     process.topic = topic
     yield process

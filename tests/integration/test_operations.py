@@ -24,7 +24,8 @@ PUSH = orjson.dumps({"workNo": "61001", "eventList": [
 async def test_management_endpoints_and_metrics(client, bridge, topic):
     assert (await client.request("GET", bridge.management_url + "/healthz")).status == 200
     ready = await client.request("GET", bridge.management_url + "/readyz")
-    assert ready.status == 200 and orjson.loads(ready.body) == {"status": "ready"}
+    assert ready.status == 200
+    assert orjson.loads(ready.body) == {"status": "ready", "mode": "direct", "kafka": "usable"}
 
     assert (await client.post(bridge.url, PUSH, push_headers())).status == 200
     assert (await client.post(bridge.url, PUSH, push_headers(service_token="wrong"))).status == 403
@@ -32,7 +33,8 @@ async def test_management_endpoints_and_metrics(client, bridge, topic):
     for line in ('bridge_pushes_total{retcode="0"}', 'bridge_pushes_total{retcode="000-003"}',
                  'bridge_pushes_rejected_total{reason="token"}', f'bridge_events_published_total{{topic="{topic}"}}',
                  "bridge_push_duration_seconds_bucket", "bridge_kafka_publish_duration_seconds_count",
-                 "bridge_inflight_pushes 0.0", "bridge_kafka_connected 1.0"):
+                 "bridge_inflight_pushes 0.0", "bridge_kafka_connected 1.0", "bridge_spool_accepting 0.0",
+                 'bridge_agents_failing{over="60s"} 0.0'):
         assert line in text, line
     assert "61001" not in text and GUID.split(".")[0] not in text, "no workNo or Guid as a label"
 
@@ -49,7 +51,7 @@ async def test_logs_are_json_lines_and_secrets_never_leave(client, kafka, tls_di
     process = Bridge(env, tls_dir).start(tmp_path)
     try:
         assert (await client.post(process.url, PUSH, push_headers(service_token=token))).status == 200
-        assert (await client.post(process.url, b"{broken", push_headers(service_token=token))).status == 400
+        assert (await client.post(process.url, b"{broken", push_headers(service_token=token))).status == 200
         assert (await client.post(process.url, PUSH, push_headers(service_token=token[:-1] + "2"))).status == 403
         assert (await client.post(process.url, PUSH, push_headers(service_token=token + "$"))).status == 400
     finally:
@@ -57,11 +59,11 @@ async def test_logs_are_json_lines_and_secrets_never_leave(client, kafka, tls_di
 
     lines = [orjson.loads(line) for line in process.log().splitlines() if line.strip()]  # every line is JSON
     pushes = [entry for entry in lines if entry.get("operation") == "pushEvent"]
-    assert [p["retcode"] for p in pushes] == ["0", "000-006", "000-003", "100-001"]
+    assert [p["retcode"] for p in pushes] == ["0", "0", "000-003", "100-001"]
     ok = pushes[0]
     assert ok["workNo"] == "61001" and ok["events"] == 2 and ok["status"] == 200 and ok["duration_ms"] >= 0
     assert ok["guid"] == "279f****.AgentGateway1"
-    assert pushes[1]["kept"] is True and "JSON" in pushes[1]["reason"]
+    assert "JSON" in pushes[1]["quarantined"] and pushes[1]["workNo"] is None
 
     session_part = GUID.split(".")[0]
     assert token not in process.log() and token[:-1] not in process.log() and session_part not in process.log()
@@ -70,29 +72,60 @@ async def test_logs_are_json_lines_and_secrets_never_leave(client, kafka, tls_di
         assert token.encode() not in everything and session_part.encode() not in everything
 
 
-async def test_malformed_pushes_are_kept_in_the_dead_letter_topic(client, kafka, tls_dir, tmp_path):
-    topic, dead = "test.dlq.events", "test.dlq.dead"
-    env = bridge_env(kafka, topic, BRIDGE_DEAD_LETTER_TOPIC=dead, BRIDGE_MAX_BODY_BYTES="4096")
+@pytest.mark.parametrize("mode, answers", [("quarantine", [200, 200, 200]), ("refuse", [400, 413, 415])])
+async def test_malformed_pushes_are_kept_in_the_dead_letter_topic(client, kafka, tls_dir, tmp_path, mode, answers):
+    topic, dead = f"test.dlq.{mode}.events", f"test.dlq.{mode}.dead"
+    env = bridge_env(kafka, topic, BRIDGE_DEAD_LETTER_TOPIC=dead, BRIDGE_MAX_BODY_BYTES="4096",
+                     BRIDGE_MALFORMED_PUSHES=mode)
     process = Bridge(env, tls_dir).start(tmp_path)
     try:
         broken = b'{"workNo": "1", "eventList": [{"eventType": 42}]}'
-        assert (await client.post(process.url, broken, push_headers())).status == 400
-        assert (await client.post(process.url, b"x" * 5000, push_headers())).status == 413
-        assert (await client.post(process.url, b"plain", push_headers(**{"Content-Type": "text/plain"}))).status == 415
+        replies = [await client.post(process.url, broken, push_headers()),
+                   await client.post(process.url, b"x" * 5000, push_headers()),
+                   await client.post(process.url, b"plain", push_headers(**{"Content-Type": "text/plain"}))]
+        assert [r.status for r in replies] == answers
+        assert all(orjson.loads(r.body)["retcode"] == ("0" if mode == "quarantine" else "000-006") for r in replies)
         # Unauthenticated senders never get anything written.
         assert (await client.post(process.url, b"{unauthenticated", push_headers(service_token="nope"))).status == 403
         assert (await client.post(process.url, b"{no guid", push_headers(Guid=None))).status == 401
+        metrics = (await client.request("GET", process.management_url + "/metrics")).text
     finally:
         await process.astop()
+    if mode == "quarantine":
+        for reason in ("body", "too_large", "content_type"):
+            assert f'bridge_quarantined_pushes_total{{reason="{reason}"}} 1.0' in metrics
     kept = sorted(await read_topics(kafka, [dead]), key=lambda r: headers_of(r)["bridge_status"])
     assert [r.value for r in kept] == [broken, b"", b"plain"]
     headers = [headers_of(r) for r in kept]
     assert [h["bridge_status"] for h in headers] == ["400", "413", "415"]
     assert [h["bridge_retcode"] for h in headers] == ["000-006"] * 3
+    assert {h["ce_type"] for h in headers} == {"cc.bridge.quarantined_push"}
     assert "eventList[0].eventType" in headers[0]["bridge_reason"]
     assert headers[1]["bridge_body_length"] == "5000"
     assert all(h["ce_source"] == "/cc-gateway/AgentGateway1" for h in headers)
     assert await read_topics(kafka, [topic]) == []
+
+
+async def test_a_push_with_some_bad_events_publishes_the_good_ones_and_keeps_it_whole(client, kafka, tls_dir,
+                                                                                    tmp_path):
+    topic, dead = "test.partial.events", "test.partial.dead"
+    process = Bridge(bridge_env(kafka, topic, BRIDGE_DEAD_LETTER_TOPIC=dead), tls_dir).start(tmp_path)
+    body = orjson.dumps({"workNo": "5150", "eventList": [
+        {"eventType": "AgentState_Ready", "content": None}, "not an event", {"content": "no type"},
+        {"eventType": "AgentState_Busy", "content": {"n": 1}}]})
+    try:
+        reply = await client.post(process.url, body, push_headers())
+        assert reply.status == 200 and orjson.loads(reply.body)["retcode"] == "0"
+    finally:
+        await process.astop()
+    good = await read_topics(kafka, [topic])
+    assert [orjson.loads(r.value)["eventType"] for r in good] == ["AgentState_Ready", "AgentState_Busy"]
+    assert [headers_of(r)["ce_pushindex"] for r in good] == ["0", "3"]
+    assert {headers_of(r)["ce_pushsize"] for r in good} == {"4"}
+    [kept] = await read_topics(kafka, [dead])
+    assert kept.value == body
+    reason = headers_of(kept)["bridge_reason"]
+    assert "eventList[1] must be an object" in reason and "eventList[2].eventType" in reason
 
 
 def open_slow_push(port: int, cafile: str) -> ssl.SSLSocket:

@@ -35,15 +35,31 @@ def test_parse_keeps_events_and_resolves_each_events_agent():
     ({"workNo": "1"}, 400, "eventList is missing"),
     ({"workNo": "1", "eventList": {}}, 400, "eventList must be an array"),
     ({"workNo": "1", "eventList": []}, 400, "eventList is empty"),
-    ({"workNo": "1", "eventList": ["x"]}, 400, "eventList[0] must be an object"),
-    ({"workNo": "1", "eventList": [{"eventType": "A"}, {"eventType": 5}]}, 400, "eventList[1].eventType"),
-    ({"workNo": "1", "eventList": [{"eventType": "A", "workNo": False}]}, 400, "eventList[0].workNo"),
     ({"workNo": "1", "eventList": [{"eventType": "A"}] * 101}, 413, "limit is 100"),
 ])
 def test_refusals_name_the_problem(body, status, words):
     caught = refusal(body)
     assert caught.status == status and caught.retcode == protocol.BAD_MESSAGE
     assert words in caught.message
+
+
+@pytest.mark.parametrize("events, problem", [
+    (["x"], "eventList[0] must be an object"),
+    ([{"eventType": 5}], "eventList[0].eventType"),
+    ([{}], "eventList[0].eventType"),
+    ([{"eventType": "A", "workNo": False}], "eventList[0].workNo"),
+])
+def test_a_malformed_event_is_left_out_and_named(events, problem):
+    good = {"eventType": "Ready", "workNo": "7"}
+    push = parse_push(orjson.dumps({"workNo": "1", "eventList": [good, *events, good]}), 10)
+    assert push.events == [good, good] and push.agents == ["7", "7"]
+    assert push.indexes == [0, 2] and push.size == 3
+    assert len(push.problems) == 1 and problem.replace("[0]", "[1]") in push.problems[0]
+
+
+def test_a_valid_push_has_no_problems():
+    push = parse_push(orjson.dumps({"workNo": "1", "eventList": [{"eventType": "A"}, {"eventType": "B"}]}), 10)
+    assert push.problems == [] and push.indexes == [0, 1] and push.size == 2
 
 
 @pytest.mark.parametrize("value", [None, "application/json", "application/json; charset=UTF-8",

@@ -1,0 +1,208 @@
+"""Where an accepted push's records go: straight to Kafka, or into the spool and later to Kafka.
+
+`Delivery.keep(records)` returns once the records are durable: acknowledged by Kafka, or fsync'd
+in the spool. The rule that keeps each agent's events in order is simple: while the spool holds
+anything (or is writing), every push goes through it, and the drainer publishes its entries in
+the order they were accepted. A push goes straight to Kafka only when the spool is idle and Kafka
+is healthy; if Kafka then fails or does not acknowledge within BRIDGE_PUBLISH_TIMEOUT_S, the push
+is spooled instead (records Kafka may still have taken reappear later with the same ce_id).
+
+The drainer publishes a segment's entries in waves: an entry joins a wave unless an earlier entry
+of the same agent is not yet acknowledged, so entries of one agent are never in flight together
+and a failure can never let a later one of them overtake an earlier one.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import msgpack
+
+from .metrics import Metrics
+from .publisher import Publisher, PublishError
+from .records import Record
+from .spool import Entry, Spool, SpoolError
+
+log = logging.getLogger("bridge.delivery")
+SPOOLED_HEADER = ("bridge_spooled", b"true")
+DRAIN_CHUNK = 2000          # entries published before the drain position is recorded
+DRAIN_RETRY_S = 1.0
+
+
+class Unavailable(Exception):
+    """Neither Kafka nor the spool can keep the push now; the message says why."""
+
+
+def encode(records: list[Record]) -> bytes:
+    return msgpack.packb([(r.topic, r.key, r.value, r.headers) for r in records], use_bin_type=True)
+
+
+def decode(payload: bytes) -> list[Record]:
+    return [Record(topic, key, value, [*map(tuple, headers), SPOOLED_HEADER])
+            for topic, key, value, headers in msgpack.unpackb(payload, raw=False)]
+
+
+def waves(records: list[list[Record]]) -> list[list[int]]:
+    """Indexes of `records` (one list per spool entry) grouped so that no wave holds two entries of one agent, and an agent's
+    entries are in successive waves in their order."""
+    result: list[list[int]] = []
+    next_wave: dict[bytes | None, int] = {}
+    for index, batch in enumerate(records):
+        keys = {r.key for r in batch if r.key is not None}
+        wave = max((next_wave.get(k, 0) for k in keys), default=0)
+        if wave == len(result):
+            result.append([])
+        result[wave].append(index)
+        for key in keys:
+            next_wave[key] = wave + 1
+    return result
+
+
+class Delivery:
+    def __init__(self, publisher: Publisher, spool: Spool | None, metrics: Metrics, spool_problem: str = "") -> None:
+        self._publisher = publisher
+        self._spool = spool
+        self._spool_problem = spool_problem
+        self._metrics = metrics
+        self._drainer: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._outage_started: float | None = None
+        self._outage_spooled = 0
+        metrics.watch_spool(spool)
+        if spool is not None and spool.entries:
+            self._outage_started = time.monotonic()
+
+    @property
+    def mode(self) -> str:
+        """direct: pushes go to Kafka; spooling: to the spool, Kafka not usable; draining: to the
+        spool while the drainer empties it; unavailable: nowhere."""
+        spool = self._spool
+        if spool is None or spool.idle:
+            if self._publisher.ready:
+                return "direct"
+            return "spooling" if spool is not None and spool.accepting else "unavailable"
+        if not spool.accepting:
+            return "unavailable"
+        return "draining" if self._publisher.ready else "spooling"
+
+    @property
+    def ready(self) -> bool:
+        return self.mode != "unavailable"
+
+    def describe(self) -> dict:
+        spool = self._spool
+        info: dict = {"mode": self.mode, "kafka": "usable" if self._publisher.ready else self._publisher.problem}
+        if self._spool_problem:
+            info["spool"] = {"problem": self._spool_problem}
+        if spool is not None:
+            info["spool"] = {"entries": spool.entries, "bytes": spool.bytes, "max_bytes": spool.max_bytes,
+                             "accepting": spool.accepting, "directory": str(spool.directory)}
+            if spool.refusal:
+                info["spool"]["problem"] = spool.refusal
+        return info
+
+    async def start(self) -> None:
+        await self._publisher.start()
+        if self._spool is not None:
+            self._drainer = asyncio.create_task(self._drain(), name="spool-drainer")
+
+    async def stop(self) -> None:
+        """Stop draining (what is left stays on disk for the next start), then flush Kafka."""
+        if self._drainer is not None:
+            self._drainer.cancel()
+            await asyncio.gather(self._drainer, return_exceptions=True)
+        try:
+            await self._publisher.stop()
+        finally:
+            if self._spool is not None:
+                await self._spool.close()
+
+    # -- keeping a push ---------------------------------------------------------------------------
+
+    async def keep(self, records: list[Record]) -> bool:
+        """Return once `records` are durable; True if they went to the spool. Raise Unavailable."""
+        spool = self._spool
+        if spool is None:
+            try:
+                await self._publisher.publish(records)
+            except PublishError as exc:
+                problem = f", and the spool is unavailable: {self._spool_problem}" if self._spool_problem else ""
+                raise Unavailable(f"{exc}{problem}") from None
+            return False
+        reason = "the spool is still being delivered"
+        if spool.idle:
+            if self._publisher.ready:
+                try:
+                    await self._publisher.publish(records)
+                    return False
+                except PublishError as exc:
+                    reason = str(exc)
+            else:
+                reason = self._publisher.problem
+        try:
+            await spool.append(encode(records))
+        except SpoolError as exc:
+            self._metrics.spool_errors.inc()
+            raise Unavailable(f"{reason}, and {exc}") from None
+        self._metrics.spooled.inc()
+        if self._outage_started is None:
+            self._outage_started = time.monotonic()
+            log.warning("outage mode: %s; pushes are kept in the spool %s and delivered later",
+                        reason, spool.directory)
+        self._outage_spooled += 1
+        self._wake.set()
+        return True
+
+    # -- draining -----------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        spool = self._spool
+        while True:
+            if spool.entries == 0 or not self._publisher.ready:
+                self._end_outage_if_done()
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), DRAIN_RETRY_S)
+                except TimeoutError:
+                    pass
+                continue
+            entries = await spool.read()
+            if not entries:
+                await asyncio.sleep(0.01)
+                continue
+            for start in range(0, len(entries), DRAIN_CHUNK):
+                chunk = entries[start:start + DRAIN_CHUNK]
+                if not await self._publish_chunk(chunk):
+                    self._metrics.drain_errors.inc()
+                    await asyncio.sleep(DRAIN_RETRY_S)
+                    break
+                spool.ack(chunk)
+                self._metrics.drained.inc(len(chunk))
+
+    async def _publish_chunk(self, chunk: list[Entry]) -> bool:
+        records = [self._decode(entry) for entry in chunk]
+        for wave in waves(records):
+            results = await asyncio.gather(*(self._publisher.publish(records[i]) for i in wave if records[i]),
+                                           return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                log.warning("draining the spool paused: %s (%d of %d entries of this wave not acknowledged)",
+                            failed[0], len(failed), len(results))
+                return False
+        return True
+
+    def _decode(self, entry: Entry) -> list[Record]:
+        try:
+            return decode(entry.payload)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:  # intact frame, foreign payload
+            self._metrics.spool_corrupt.inc()
+            log.error("spool entry in segment %d at offset %d cannot be decoded (%s); it is left out",
+                      entry.segment, entry.offset, exc)
+            return []
+
+    def _end_outage_if_done(self) -> None:
+        if self._outage_started is not None and self._spool.idle:
+            log.warning("outage mode ended: %d pushes went through the spool in %.1f s and are all in Kafka",
+                        self._outage_spooled, time.monotonic() - self._outage_started)
+            self._outage_started, self._outage_spooled = None, 0

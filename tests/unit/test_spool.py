@@ -1,0 +1,181 @@
+"""The outage spool on a real file system: framing, group commit, recovery, segments, the lock."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+
+import pytest
+
+from bridge import spool as spool_module
+from bridge.spool import HEADER, Damage, Entry, Spool, SpoolError, claim, frame, scan
+
+MiB = 1 << 20
+
+
+async def fill(spool: Spool, payloads: list[bytes]) -> None:
+    await asyncio.gather(*(spool.append(p) for p in payloads))
+
+
+async def drain(spool: Spool) -> list[bytes]:
+    """Everything undelivered, in order, acknowledged as it is read."""
+    got = []
+    while spool.entries:
+        entries = await spool.read()
+        assert entries, "entries are counted but none can be read"
+        got += [e.payload for e in entries]
+        spool.ack(entries)
+    return got
+
+
+def segments(spool: Spool) -> list:
+    return sorted(spool.directory.glob("*.seg"))
+
+
+def test_frames_round_trip_and_damage_is_located():
+    data = frame(b"one", 1) + frame(b"two", 2) + frame(b"three", 3)
+    items = list(scan(data, 7))
+    assert [(i.payload, i.accepted_ms, i.segment) for i in items] == [(b"one", 1, 7), (b"two", 2, 7), (b"three", 3, 7)]
+    second = items[1]
+    broken = bytearray(data)
+    broken[second.offset + HEADER.size] ^= 0xFF  # a bit flip inside the second payload
+    items = list(scan(bytes(broken), 7))
+    assert [type(i) for i in items] == [Entry, Damage, Entry]
+    assert (items[1].offset, items[1].end, items[1].tail) == (second.offset, second.end, False)
+    assert list(scan(data[:-1], 7))[-1] == Damage(items[2].offset, len(data) - 1, tail=True)
+
+
+async def test_entries_come_back_in_order_and_delivered_segments_are_deleted(tmp_path):
+    spool = Spool.open(tmp_path, 64 * MiB, segment_bytes=4096)
+    payloads = [f"push-{n:04d}".encode() * 30 for n in range(200)]
+    for start in range(0, 200, 20):  # batches of concurrent appends
+        await fill(spool, payloads[start:start + 20])
+    assert spool.entries == 200 and len(segments(spool)) > 5
+    assert spool.bytes == sum(p.stat().st_size for p in segments(spool))
+    assert await drain(spool) == payloads
+    assert spool.idle and spool.oldest_ms is None
+    assert segments(spool) == []  # every delivered segment is gone
+    await spool.close()
+
+
+async def test_concurrent_appends_share_one_fsync(tmp_path, monkeypatch):
+    calls = []
+    real = os.fdatasync
+    monkeypatch.setattr(spool_module.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    spool = Spool.open(tmp_path, 64 * MiB)
+    await fill(spool, [b"x" * 100] * 500)
+    assert spool.entries == 500
+    assert 1 <= len(calls) < 50, f"{len(calls)} fsyncs for 500 concurrent appends"
+    await spool.close()
+
+
+async def test_acknowledged_position_survives_a_restart(tmp_path):
+    spool = Spool.open(tmp_path, 64 * MiB)
+    await fill(spool, [b"a", b"b", b"c", b"d"])
+    entries = await spool.read()
+    spool.ack(entries[:2])
+    await spool.close()
+    spool = Spool.open(tmp_path, 64 * MiB)
+    assert spool.entries == 2
+    assert await drain(spool) == [b"c", b"d"]
+    await spool.close()
+
+
+async def write_three(tmp_path) -> tuple[Spool, bytes]:
+    spool = Spool.open(tmp_path, 64 * MiB)
+    for payload in (b"first" * 10, b"second" * 10, b"third" * 10):
+        await spool.append(payload)  # one frame per write, three writes
+    await spool.close()
+    return spool, segments(spool)[0].read_bytes()
+
+
+async def test_a_torn_last_entry_is_cut_at_every_byte_offset(tmp_path):
+    _, data = await write_three(tmp_path)
+    last = list(scan(data, 1))[-1]
+    path = sorted(tmp_path.glob("slot-0/*.seg"))[0]
+    for cut in range(last.offset, last.end):
+        path.write_bytes(data[:cut])
+        spool = Spool.open(tmp_path, 64 * MiB)
+        assert spool.entries == 2, f"cut at {cut}"
+        assert path.stat().st_size == last.offset
+        assert await drain_without_deleting(spool) == [b"first" * 10, b"second" * 10]
+        assert not (spool.directory / "corrupt").exists()
+        await spool.close()
+
+
+async def drain_without_deleting(spool: Spool) -> list[bytes]:
+    entries = await spool.read()
+    return [e.payload for e in entries]
+
+
+async def test_a_corrupt_middle_entry_is_moved_aside_and_the_rest_delivered(tmp_path):
+    _, data = await write_three(tmp_path)
+    middle = list(scan(data, 1))[1]
+    broken = bytearray(data)
+    broken[middle.offset + HEADER.size + 3] ^= 0x01
+    path = sorted(tmp_path.glob("slot-0/*.seg"))[0]
+    path.write_bytes(bytes(broken))
+    spool = Spool.open(tmp_path, 64 * MiB)
+    assert spool.corrupt_entries == 1 and spool.entries == 2
+    aside = list((spool.directory / "corrupt").iterdir())
+    assert len(aside) == 1 and aside[0].read_bytes() == bytes(broken[middle.offset:middle.end])
+    assert await drain(spool) == [b"first" * 10, b"third" * 10]
+    await spool.close()
+
+
+async def test_a_zero_filled_tail_is_cut(tmp_path):
+    _, data = await write_three(tmp_path)
+    path = sorted(tmp_path.glob("slot-0/*.seg"))[0]
+    path.write_bytes(data + b"\0" * 4096)  # size grew, data never written
+    spool = Spool.open(tmp_path, 64 * MiB)
+    assert spool.entries == 3 and path.stat().st_size == len(data)
+    await spool.close()
+
+
+async def test_a_slot_is_used_by_one_process_at_a_time(tmp_path):
+    first = Spool.open(tmp_path, MiB)
+    second = Spool.open(tmp_path, MiB)
+    assert first.directory.name == "slot-0" and second.directory.name == "slot-1"
+    assert claim(first.directory) is None  # held: a second claim fails
+    await first.close()
+    fd = claim(first.directory)
+    assert fd is not None  # released with its owner
+    os.close(fd)
+    await second.close()
+
+
+async def test_a_full_spool_refuses(tmp_path):
+    spool = Spool.open(tmp_path, max_bytes=1024)
+    await spool.append(b"x" * 500)
+    with pytest.raises(SpoolError, match="full"):
+        await spool.append(b"y" * 600)
+    assert spool.entries == 1
+    await spool.close()
+
+
+async def test_a_failed_fsync_refuses_and_cuts_the_unsynced_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_module, "RETRY_AFTER_ERROR_S", 0.0)
+    spool = Spool.open(tmp_path, 64 * MiB)
+    await spool.append(b"kept")
+    real = os.fdatasync
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool_module.os, "fdatasync", failing)
+    with pytest.raises(SpoolError, match="Input/output error"):
+        await spool.append(b"lost")
+    monkeypatch.setattr(spool_module.os, "fdatasync", real)
+    assert spool.entries == 1
+    await spool.append(b"after")
+    await spool.close()
+    spool = Spool.open(tmp_path, 64 * MiB)
+    assert await drain(spool) == [b"kept", b"after"]
+    await spool.close()
+
+
+async def test_an_unusable_directory_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SpoolError, match="not usable"):
+        Spool.open(blocker / "spool", MiB)
