@@ -12,6 +12,11 @@ Scenarios:
   bridge-term    SIGTERM the bridge (graceful shutdown), restart it when it has exited
   broker-pause   SIGSTOP the broker JVM for `pause_s` (longer than the bridge's publish bound), SIGCONT
   broker-outage  kill -9 the broker and restart it after `outage_s`
+  long-outage    the bridge with its outage spool; the broker dead for `long_outage_s`, longer than
+                 the gateway's 120 s sign-out window, then back: no push may fail, the spool drains
+  two-replicas   like long-outage, with two bridges (a spool each) behind a local HAProxy, so one
+                 agent's pushes land on both; reports reorders as consumers see them and after
+                 ordering each agent's records by receipt time (ce_time)
 
     python -m bench.faults --agents 500 --duration 300
     python -m bench.faults --agents 200 --duration 40 --retry-interval 1 --scenarios broker-kill,bridge-kill
@@ -33,11 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from ._cluster import TOKEN, Broker, BridgeProcess, make_tls
+from ._cluster import TOKEN, Broker, BridgeProcess, LoadBalancer, make_tls
 from .simulate import Ledger, SimSettings, Simulator, Summary, pair
-from .verify import RESTORED, Figures, verify
+from .verify import RESTORED, Figures, Seen, compare, read_topics
 
-SCENARIOS = ("broker-kill", "bridge-kill", "bridge-term", "broker-pause", "broker-outage")
+SCENARIOS = ("broker-kill", "bridge-kill", "bridge-term", "broker-pause", "broker-outage", "long-outage",
+             "two-replicas")
+SPOOLED = ("long-outage", "two-replicas")  # scenarios whose bridges run with the outage spool
+DRAIN_TIMEOUT_S = 300.0
 FIRST_ACK_TIMEOUT_S = 60.0
 
 
@@ -54,6 +62,7 @@ class DrillSettings:
     drain_s: float = 30.0
     pause_s: float = 8.0              # broker-pause: how long the JVM stays frozen
     outage_s: float = 12.0            # broker-outage: how long the broker stays dead
+    long_outage_s: float = 130.0      # long-outage, two-replicas: longer than the sign-out window
     partitions: int = 6
     bridge_env: dict[str, str] = field(default_factory=dict)
 
@@ -67,11 +76,23 @@ class DrillResult:
     fault_s: float                    # how long the fault action took (kill to back up)
 
     @property
+    def failed_pushes(self) -> int:
+        return sum(self.summary.failures.values())
+
+    @property
     def ok(self) -> bool:
-        return self.figures.ok
+        """Nothing acknowledged lost or reordered; with a spool, also no push failed and nobody was
+        signed out. Across two replicas the order is judged as a consumer restores it (by ce_time)."""
+        f = self.figures
+        if self.scenario == "two-replicas":
+            return f.lost == 0 and f.restored_order_violations == 0 and f.signed_out == 0
+        if self.scenario in SPOOLED:
+            return f.ok and f.signed_out == 0 and self.failed_pushes == 0
+        return f.ok
 
     def line(self) -> str:
-        return f"scenario={self.scenario} fault_s={self.fault_s:.1f} {self.figures.line()}"
+        return (f"scenario={self.scenario} fault_s={self.fault_s:.1f} failed_pushes={self.failed_pushes} "
+                f"{self.figures.line()}")
 
 
 async def inject(scenario: str, broker: Broker, bridge: BridgeProcess, settings: DrillSettings) -> None:
@@ -93,9 +114,9 @@ async def inject(scenario: str, broker: Broker, bridge: BridgeProcess, settings:
             await asyncio.sleep(settings.pause_s)
         finally:
             await run(broker.resume)
-    elif scenario == "broker-outage":
+    elif scenario in ("broker-outage", *SPOOLED):
         await run(broker.kill)
-        await asyncio.sleep(settings.outage_s)
+        await asyncio.sleep(settings.outage_s if scenario == "broker-outage" else settings.long_outage_s)
         await run(broker.start)
     else:
         raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
@@ -109,17 +130,24 @@ def bridge_env(broker: Broker, topic: str, settings: DrillSettings) -> dict[str,
 
 async def run_drill(scenario: str, broker: Broker, tls: Path, workdir: Path, settings: DrillSettings,
                     log: Callable[[str], None] = print) -> DrillResult:
-    """One scenario against `broker` (running, left running) with a bridge of its own."""
+    """One scenario against `broker` (running, left running) with bridges of its own."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
     topic = f"drill.{scenario}.{uuid.uuid4().hex[:8]}"
-    bridge = BridgeProcess(bridge_env(broker, topic, settings), tls, workdir)
-    await asyncio.to_thread(bridge.start)
+    env = bridge_env(broker, topic, settings)
+    bridges = [BridgeProcess({**env, "BRIDGE_SPOOL_DIR": str(workdir / f"spool-{topic}-{n}")}
+                             if scenario in SPOOLED else env, tls, workdir)
+               for n in range(2 if scenario == "two-replicas" else 1)]
+    balancer = LoadBalancer(bridges, workdir) if len(bridges) > 1 else None
+    for bridge in bridges:
+        await asyncio.to_thread(bridge.start)
+    if balancer is not None:
+        await asyncio.to_thread(balancer.start)
     ledger = Ledger(workdir / f"ledger-{scenario}.jsonl")
     simulator = Simulator(SimSettings(
-        url=bridge.url, agents=settings.agents, cafile=str(tls / "ca.pem"), token=TOKEN,
-        duration_s=settings.duration_s + settings.outage_s + settings.pause_s + 120,  # a bound; stop() ends it
-        retry_interval_s=settings.retry_interval_s, timeout_s=settings.timeout_s,
+        url=(balancer or bridges[0]).url, agents=settings.agents, cafile=str(tls / "ca.pem"), token=TOKEN,
+        duration_s=settings.duration_s + settings.outage_s + settings.long_outage_s + settings.pause_s + 120,
+        retry_interval_s=settings.retry_interval_s, timeout_s=settings.timeout_s,  # (a bound; stop() ends it)
         signout_after_s=settings.signout_after_s, think_s=settings.think_s, drain_s=settings.drain_s,
     ), ledger)
     load = asyncio.create_task(simulator.run(), name=f"gateway-{scenario}")
@@ -132,7 +160,7 @@ async def run_drill(scenario: str, broker: Broker, tls: Path, workdir: Path, set
             f"{simulator.pushes_acked} pushes acknowledged so far")
         ledger.mark("fault")
         fault_started = time.monotonic()
-        await inject(scenario, broker, bridge, settings)
+        await inject(scenario, broker, bridges[0], settings)
         fault_s = time.monotonic() - fault_started
         ledger.mark(RESTORED)
         log(f"[{scenario}] restored after {fault_s:.1f} s")
@@ -140,15 +168,41 @@ async def run_drill(scenario: str, broker: Broker, tls: Path, workdir: Path, set
                            - time.monotonic())
         simulator.stop()
         summary = await load
+        if scenario in SPOOLED:
+            drained_s = await until_drained(bridges)
+            log(f"[{scenario}] spools empty {drained_s:.1f} s after the load ended")
     finally:
         if not load.done():
             load.cancel()
             await asyncio.gather(load, return_exceptions=True)
         ledger.close()
-        await asyncio.to_thread(bridge.stop)
+        if balancer is not None:
+            await asyncio.to_thread(balancer.stop)
+        for bridge in bridges:
+            await asyncio.to_thread(bridge.stop)
     log(f"[{scenario}] gateway: {summary.line()}")
-    figures = await verify(broker.client_options(), [topic], ledger)
+    records = await read_topics(broker.client_options(), [topic])
+    figures = compare(ledger, records)
+    if scenario == "two-replicas":
+        figures.restored_order_violations = compare(ledger, sorted(records, key=receipt_order)).order_violations
     return DrillResult(scenario, figures, summary, topic, fault_s)
+
+
+def receipt_order(record: Seen) -> tuple:
+    """How a consumer restores an agent's order across replicas: by receipt time, then position."""
+    return record.topic, record.agent or "", record.received or "", record.push_index or 0
+
+
+async def until_drained(bridges: list[BridgeProcess], timeout_s: float = DRAIN_TIMEOUT_S) -> float:
+    """Wait until every bridge reports mode "direct" (its spool delivered); seconds it took."""
+    started = time.monotonic()
+    for bridge in bridges:
+        while (await asyncio.to_thread(bridge.readiness)).get("mode") != "direct":
+            if time.monotonic() - started > timeout_s:
+                raise RuntimeError(f"spool of {bridge.url} not drained within {timeout_s:.0f} s: "
+                                   f"{bridge.readiness()}")
+            await asyncio.sleep(0.5)
+    return time.monotonic() - started
 
 
 async def until(condition: Callable[[], bool], timeout_s: float, message: str) -> None:
@@ -182,6 +236,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DrillSetting
     parser.add_argument("--drain", type=float, default=60.0, help="seconds to push queued events after the load")
     parser.add_argument("--pause", type=float, default=8.0, help="broker-pause: seconds the broker stays frozen")
     parser.add_argument("--outage", type=float, default=45.0, help="broker-outage: seconds the broker stays dead")
+    parser.add_argument("--long-outage", type=float, default=600.0,
+                        help="long-outage, two-replicas: seconds the broker stays dead")
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--bridge-env", action="append", default=[], metavar="BRIDGE_X=VALUE",
                         help="extra bridge setting, e.g. BRIDGE_ATOMIC_PUSHES=true (repeatable)")
@@ -192,7 +248,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DrillSetting
     settings = DrillSettings(agents=args.agents, duration_s=args.duration, fault_at=args.fault_at,
                              after_s=args.after, retry_interval_s=args.retry_interval, timeout_s=args.timeout,
                              signout_after_s=args.signout_after, think_s=args.think, drain_s=args.drain,
-                             pause_s=args.pause, outage_s=args.outage, partitions=args.partitions,
+                             pause_s=args.pause, outage_s=args.outage, long_outage_s=args.long_outage,
+                             partitions=args.partitions,
                              bridge_env=extra)
     return args, settings
 

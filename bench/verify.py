@@ -44,6 +44,8 @@ class Seen(NamedTuple):
     agent: str | None        # the record key
     ce_id: str | None
     gen_time: int | None     # the event's eventGenTime; None for records that are not simulator events
+    received: str | None = None    # ce_time: when the accepting bridge received the push
+    push_index: int | None = None  # ce_pushindex
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Figures:
     unacked_found: int = 0   # distinct events in Kafka that no "0" covered (failed pushes, cut-off retries)
     foreign: int = 0         # records that are not simulator events
     last_failure_s: float | None = None  # last failed attempt, seconds after the "restored" mark
+    restored_order_violations: int | None = None  # after ordering each agent's records by ce_time
     lost_sample: list = field(default_factory=list)
     violation_sample: list = field(default_factory=list)
 
@@ -74,7 +77,9 @@ class Figures:
                 f"events_found={self.events_found} lost={self.lost} order_violations={self.order_violations} "
                 f"duplicates={self.duplicates} signed_out={self.signed_out} "
                 f"recovery_s={seconds(self.recovery_s)} last_failure_s={seconds(self.last_failure_s)} "
-                f"records={self.records} unacked_found={self.unacked_found} foreign={self.foreign}")
+                f"records={self.records} unacked_found={self.unacked_found} foreign={self.foreign}"
+                + ("" if self.restored_order_violations is None
+                   else f" order_violations_by_ce_time={self.restored_order_violations}"))
 
     def details(self) -> str:
         """The first lost events and order violations, for a failure message."""
@@ -146,15 +151,18 @@ def recovery_after_mark(ledger: Ledger, name: str = RESTORED) -> tuple[float | N
 
 
 def seen(record) -> Seen:
-    ce_id = next((v.decode() for k, v in record.headers if k == "ce_id"), None)
+    headers = {k: v.decode(errors="replace") for k, v in record.headers}
+    ce_id = headers.get("ce_id")
     agent = record.key.decode(errors="replace") if record.key is not None else None
     try:
         event = orjson.loads(record.value)
         gen_time = event.get("eventGenTime") if isinstance(event, dict) else None
     except orjson.JSONDecodeError:
         gen_time = None
+    index = headers.get("ce_pushindex", "")
     return Seen(record.topic, record.partition, record.offset, agent, ce_id,
-                gen_time if isinstance(gen_time, int) else None)
+                gen_time if isinstance(gen_time, int) else None, headers.get("ce_time"),
+                int(index) if index.isdigit() else None)
 
 
 async def read_committed(client_options: dict, topics: list[str], timeout_s: float = 300.0) -> list:

@@ -211,6 +211,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"{PREFIX}MALFORMED_PUSHES=quarantine needs a dead-letter topic "
                           f"({PREFIX}DEAD_LETTER_TOPIC is off)")
     spool_dir = r.raw("SPOOL_DIR")
+    spool_dir = None if spool_dir is None or spool_dir.lower() == "off" else Path(spool_dir)
     if management_port == port:
         raise ConfigError(f"{PREFIX}MANAGEMENT_PORT={management_port} must differ from {PREFIX}PORT")
     settings = Settings(
@@ -236,7 +237,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         routes=_routes(r.raw("ROUTES")),
         dead_letter_topic=dead_letter_topic,
         malformed_pushes=malformed,
-        spool_dir=None if spool_dir is None or spool_dir.lower() == "off" else Path(spool_dir),
+        spool_dir=spool_dir,
         spool_max_bytes=r.number("SPOOL_MAX_BYTES", 1 << 30, 1 << 20, 1 << 50),
         atomic_pushes=r.flag("ATOMIC_PUSHES"),
         transactional_id=r.raw("TRANSACTIONAL_ID"),
@@ -247,7 +248,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_header_bytes=r.number("MAX_HEADER_BYTES", 16_384, 1024, 1_048_576),
         max_events_per_push=r.number("MAX_EVENTS_PER_PUSH", 1000, 1, 100_000),
         max_inflight_pushes=r.number("MAX_INFLIGHT_PUSHES", 1000, 1, 1_000_000),
-        publish_timeout_s=r.number("PUBLISH_TIMEOUT_S", 5.0, 0.1, 60.0, float),
+        # With a spool the wait is short: a push Kafka is slow to take is spooled and answered at once.
+        publish_timeout_s=r.number("PUBLISH_TIMEOUT_S", 5.0 if spool_dir is None else 2.0, 0.1, 60.0,
+                                   float),
         shutdown_timeout_s=r.number("SHUTDOWN_TIMEOUT_S", 20.0, 0.0, 600.0, float),
         log_level=r.choice("LOG_LEVEL", "info", LOG_LEVELS, fold=str.lower),
         push_log_level=r.choice("PUSH_LOG_LEVEL", "info", LOG_LEVELS, fold=str.lower),

@@ -28,6 +28,7 @@ log = logging.getLogger("bridge.delivery")
 SPOOLED_HEADER = ("bridge_spooled", b"true")
 DRAIN_CHUNK = 2000          # entries published before the drain position is recorded
 DRAIN_RETRY_S = 1.0
+DRAIN_PUBLISH_TIMEOUT_S = 30.0  # nobody waits on a drained entry: give Kafka the producer's own timeout
 
 
 class Unavailable(Exception):
@@ -183,7 +184,7 @@ class Delivery:
     async def _publish_chunk(self, chunk: list[Entry]) -> bool:
         records = [self._decode(entry) for entry in chunk]
         for wave in waves(records):
-            results = await asyncio.gather(*(self._publisher.publish(records[i]) for i in wave if records[i]),
+            results = await asyncio.gather(*(self._publisher.publish(records[i], DRAIN_PUBLISH_TIMEOUT_S) for i in wave if records[i]),
                                            return_exceptions=True)
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:

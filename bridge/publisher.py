@@ -284,10 +284,11 @@ class Publisher:
 
     # -- publishing --------------------------------------------------------------------------
 
-    async def publish(self, records: list[Record]) -> None:
-        """Return once Kafka acknowledged every record; raise PublishError otherwise."""
+    async def publish(self, records: list[Record], timeout: float | None = None) -> None:
+        """Return once Kafka acknowledged every record; raise PublishError otherwise (also when
+        that takes longer than `timeout`, by default BRIDGE_PUBLISH_TIMEOUT_S)."""
         started = time.monotonic()
-        await self._write(records)
+        await self._write(records, timeout or self._settings.publish_timeout_s)
         self._metrics.publish_seconds.observe(time.monotonic() - started)
         if self._settings.routes:
             for topic, count in Counter(r.topic for r in records).items():
@@ -295,11 +296,10 @@ class Publisher:
         else:
             self._events_default.inc(len(records))
 
-    async def _write(self, records: list[Record]) -> None:
-        """Write in the configured mode, bounded by BRIDGE_PUBLISH_TIMEOUT_S."""
+    async def _write(self, records: list[Record], timeout: float) -> None:
+        """Write in the configured mode, bounded by `timeout`."""
         if not self.ready:
             raise PublishError(self._problem)
-        timeout = self._settings.publish_timeout_s
         try:
             async with asyncio.timeout(timeout):
                 if self._settings.atomic_pushes:

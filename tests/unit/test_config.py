@@ -17,6 +17,17 @@ def test_defaults():
     assert settings.topics == ("cc.agent.events", "cc.agent.deadletter")
     assert settings.publish_timeout_s == 5.0
     assert settings.atomic_pushes is False
+    assert settings.spool_dir is None and settings.malformed_pushes == "quarantine"
+
+
+def test_spool_and_malformed_pushes():
+    settings = config.load({**BASE, "BRIDGE_SPOOL_DIR": "/var/lib/cc-bridge/spool", "BRIDGE_SPOOL_MAX_BYTES": "5000000"})
+    assert settings.spool_dir == Path("/var/lib/cc-bridge/spool") and settings.spool_max_bytes == 5_000_000
+    assert settings.publish_timeout_s == 2.0, "with a spool a slow Kafka costs the gateway 2 s, not 5"
+    assert config.load({**BASE, "BRIDGE_SPOOL_DIR": "OFF"}).spool_dir is None
+    assert config.load({**BASE, "BRIDGE_SPOOL_DIR": "/s", "BRIDGE_PUBLISH_TIMEOUT_S": "4"}).publish_timeout_s == 4.0
+    assert config.load({**BASE, "BRIDGE_MALFORMED_PUSHES": "Refuse"}).malformed_pushes == "refuse"
+    assert config.load({**BASE, "BRIDGE_DEAD_LETTER_TOPIC": "off"}).malformed_pushes == "refuse"
 
 
 def test_routes_and_topics():
@@ -38,6 +49,9 @@ def test_routes_and_topics():
     ({"BRIDGE_SERVICE_TOKENS": "x" * 51}, "BRIDGE_SERVICE_TOKENS"),
     ({"BRIDGE_TOPIC": "bad topic"}, "BRIDGE_TOPIC"),
     ({"BRIDGE_ROUTES": "AgentChat_*"}, "BRIDGE_ROUTES"),
+    ({"BRIDGE_MALFORMED_PUSHES": "drop"}, "BRIDGE_MALFORMED_PUSHES"),
+    ({"BRIDGE_MALFORMED_PUSHES": "quarantine", "BRIDGE_DEAD_LETTER_TOPIC": "off"}, "BRIDGE_MALFORMED_PUSHES"),
+    ({"BRIDGE_SPOOL_MAX_BYTES": "1000"}, "BRIDGE_SPOOL_MAX_BYTES"),
     ({"BRIDGE_ROUTES": "A*=bad/topic"}, "BRIDGE_ROUTES"),
     ({"BRIDGE_PUSH_PATH": "no-slash"}, "BRIDGE_PUSH_PATH"),
     ({"BRIDGE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "BRIDGE_KAFKA_SECURITY_PROTOCOL"),
