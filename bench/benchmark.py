@@ -65,6 +65,8 @@ TARGETS = {  # from the issue, for 5-event pushes
     "p99_ms": 10.0,
     "rss_100k_mb": 150.0,
     "agents_100k/10": 0.9,
+    "spooling/direct": 1.0,
+    "drain/50%": 5.0,
 }
 
 
@@ -533,6 +535,17 @@ def report(results: dict, plan: Plan, workers: int, conns: int) -> str:
             "bridge/naive": ratio(bridge, (m.get("naive") or {}).get("ok_per_s")),
         }
     results["ratios"] = ratios
+    spool = results.get("spool") or {}
+    first_mix = plan.mixes[0]
+    if spool:
+        lines.append(row("spooling (Kafka down)", first_mix, spool.get("spooling")))
+        lines.append(row("@ 50% while draining", first_mix, spool.get("draining")))
+        drain = spool.get("drain") or {}
+        if drain.get("per_s"):
+            lines.append(f"Drain with no load: {drain['entries']} spooled pushes delivered in {drain['seconds']:.1f} s "
+                         f"= {drain['per_s']:.0f} pushes/s; while draining a backlog of "
+                         f"{(spool.get('draining') or {}).get('backlog', '-')} pushes the row above was measured.")
+        lines.append("")
     for events in plan.mixes:
         half = results["mixes"][str(events)].get("bridge_half")
         if half:
@@ -591,6 +604,11 @@ def report(results: dict, plan: Plan, workers: int, conns: int) -> str:
          TARGETS["rss_100k_mb"], " MB"),
         (f"pushes/s {max(plan.agent_counts):,} agents / {min(plan.agent_counts)} agents",
          ratio(many and many["ok_per_s"], few and few["ok_per_s"]), ">=", TARGETS["agents_100k/10"], ""),
+        ("spooling pushes/s / direct pushes/s", ratio((spool.get("spooling") or {}).get("ok_per_s"),
+                                                      (results["mixes"][first].get("bridge") or {}).get("ok_per_s")),
+         ">=", TARGETS["spooling/direct"], ""),
+        ("drain pushes/s / 50% load pushes/s", ratio((spool.get("drain") or {}).get("per_s"), half.get("rate")),
+         ">=", TARGETS["drain/50%"], ""),
     ]
     lines.append(f"Targets ({first} events/push, one run on this machine; see the CPU columns before trusting a miss):")
     for name, value, op, target, unit in checks:
@@ -641,7 +659,52 @@ def report(results: dict, plan: Plan, workers: int, conns: int) -> str:
 # The run
 
 
-def measure(bench: Bench, profile: bool) -> dict:
+def wait_mode(bridge: Group, mode: str, timeout_s: float = 300.0) -> tuple[float, dict]:
+    """Poll the first member's /readyz until it reports `mode`; (seconds it took, last body)."""
+    started = time.monotonic()
+    while (info := bridge.members[0].readiness()).get("mode") != mode:
+        if time.monotonic() - started > timeout_s:
+            raise RuntimeError(f"the bridge did not reach mode {mode!r} in {timeout_s:.0f} s: {info}")
+        time.sleep(0.05)
+    return time.monotonic() - started, info
+
+
+def measure_spool(bench: Bench, broker: Broker, body_file: Path, half_rate: float) -> dict:
+    """Outage mode: saturation while Kafka is down (every push spooled), the drain rate once it is
+    back with no load, and a 50% load while a backlog drains."""
+    spooled: dict = {}
+
+    def restart_broker() -> None:
+        broker.start()
+        bench.broker_pid = broker.pid
+
+    env = {**bench.env, "BRIDGE_SPOOL_DIR": str(bench.logs.parent / "spool")}
+    with Group(BRIDGE, env, bench.tls, bench.logs, 1, bench.running) as bridge:
+        print("bench: spool: Kafka stopped, bridge at saturation (every push spooled)", flush=True)
+        broker.stop()
+        wait_mode(bridge, "spooling")
+        spooled["spooling"] = bench.load(bridge, body_file)
+        backlog = bridge.members[0].readiness()["spool"]["entries"]
+        print(f"bench: spool: Kafka back, draining {backlog} pushes with no load", flush=True)
+        restart_broker()
+        took, _ = wait_mode(bridge, "direct")
+        spooled["drain"] = {"entries": backlog, "seconds": took, "per_s": backlog / took if took else None}
+        if half_rate > 0:
+            print(f"bench: spool: Kafka stopped, {half_rate:.0f} pushes/s for {bench.plan.latency_window_s:g} s",
+                  flush=True)
+            broker.stop()
+            wait_mode(bridge, "spooling")
+            bench.load(bridge, body_file, rate=half_rate, window_s=bench.plan.latency_window_s)
+            backlog = bridge.members[0].readiness()["spool"]["entries"]
+            print(f"bench: spool: Kafka back, {half_rate:.0f} pushes/s while {backlog} pushes drain", flush=True)
+            restart_broker()
+            spooled["draining"] = bench.load(bridge, body_file, rate=half_rate, window_s=bench.plan.latency_window_s)
+            took, _ = wait_mode(bridge, "direct")
+            spooled["draining"]["backlog"] = backlog
+    return spooled
+
+
+def measure(bench: Bench, profile: bool, broker: Broker) -> dict:
     plan = bench.plan
     results: dict = {"mixes": {str(e): {} for e in plan.mixes}, "agents": {}, "sweep": {"bridge": {}, "naive": {}}}
 
@@ -678,6 +741,7 @@ def measure(bench: Bench, profile: bool) -> dict:
 
     first = plan.mixes[0]
     half_rate = results["mixes"][str(first)]["bridge"]["ok_per_s"] / 2
+    results["spool"] = measure_spool(bench, broker, pool[first], half_rate)
     with bench.group("bench.http_ceiling") as http:
         for events in plan.mixes:
             step(f"HTTP ceiling, {events} events/push")
@@ -769,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         logs = workdir / "logs"
         logs.mkdir()
         bench = Bench(plan, loadgen, tls, args.conns, args.workers, broker.pid, env, logs, bodies)
-        results = measure(bench, args.profile)
+        results = measure(bench, args.profile, broker)
         results["machine"] = {"quick": args.quick, "cpus": NCPU, "loadavg_before": loadavg,
                               "loadavg_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
                               "python": sys.version.split()[0], "seconds": round(time.monotonic() - started)}

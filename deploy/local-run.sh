@@ -22,4 +22,8 @@ if [ -z "${BRIDGE_SERVICE_TOKENS:-}" ] && [ "${BRIDGE_ALLOW_NO_TOKEN:-false}" !=
   export BRIDGE_SERVICE_TOKENS=local-dev-token
   echo "make run: accepting service_token 'local-dev-token' (set BRIDGE_SERVICE_TOKENS to change it)"
 fi
+if [ -z "${BRIDGE_SPOOL_DIR:-}" ]; then
+  export BRIDGE_SPOOL_DIR=.local/spool
+  echo "make run: outage spool in $BRIDGE_SPOOL_DIR (pushes are kept there while Kafka is away)"
+fi
 exec .venv/bin/python -m bridge serve
