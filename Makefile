@@ -5,8 +5,9 @@ VENV := .venv
 LOCAL := .local
 TLS := $(LOCAL)/tls
 KAFKA_LOCAL := $(PYTHON) deploy/kafka-local/kafkalocal.py
+KAFKA_CLUSTER := $(PYTHON) deploy/kafka-local/kafkacluster.py
 
-.PHONY: run test unit kafka kafka-stop kafka-jars certs venv lock clean consume bench fault
+.PHONY: run test unit kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-jars certs venv lock clean consume bench fault
 
 run: venv certs
 	@deploy/local-run.sh
@@ -48,6 +49,13 @@ kafka: certs
 kafka-stop:
 	@$(KAFKA_LOCAL) stop --home $(LOCAL)/kafka
 
+# Three brokers (RF 3, min ISR 2) on ports 19092-19126; see deploy/kafka-local/kafkacluster.py.
+kafka-cluster: certs
+	@$(KAFKA_CLUSTER) start --home $(LOCAL)/kafka-cluster --tls-dir $(TLS)
+
+kafka-cluster-stop:
+	@if [ -f $(LOCAL)/kafka-cluster/cluster.json ]; then $(KAFKA_CLUSTER) stop --home $(LOCAL)/kafka-cluster; fi
+
 # Re-pin constraints.txt from a fresh resolution of pyproject.toml's ranges.
 lock:
 	rm -rf $(LOCAL)/lock-venv && $(PYTHON) -m venv $(LOCAL)/lock-venv
@@ -56,12 +64,17 @@ lock:
 	$(LOCAL)/lock-venv/bin/pip freeze --exclude cc-gateway-bridge > constraints.txt
 	rm -rf $(LOCAL)/lock-venv
 
-clean: kafka-stop
+clean: kafka-stop kafka-cluster-stop
 	rm -rf $(VENV) $(LOCAL) deploy/kafka-local/target build *.egg-info
 
-# Print what the bridge wrote: make consume [TOPIC=cc.agent.events]
+# Print what the bridge wrote: make consume [TOPIC=cc.agent.events] [BOOTSTRAP=host:port]
+# [CLIENT_CONFIG=client.properties], e.g. over SASL_SSL with the local broker's SCRAM user:
+# make consume BOOTSTRAP=127.0.0.1:9095 CLIENT_CONFIG=.local/kafka/client-sasl_ssl-scram-sha-512.properties
 TOPIC ?= cc.agent.events
+BOOTSTRAP ?= 127.0.0.1:9092
+CLIENT_CONFIG ?=
 consume: kafka-jars
 	java -cp 'deploy/kafka-local/target/lib/*' -Dlog4j2.configurationFile=deploy/kafka-local/log4j2.properties \
-	  org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server 127.0.0.1:9092 --topic $(TOPIC) \
+	  org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server $(BOOTSTRAP) --topic $(TOPIC) \
+	  $(if $(CLIENT_CONFIG),--consumer.config $(CLIENT_CONFIG)) \
 	  --from-beginning --property print.key=true --property print.headers=true

@@ -1,9 +1,11 @@
-"""Real processes for the tests and drills: TLS material, one local Kafka broker, bridge processes.
+"""Real processes for the tests and drills: TLS material, local Kafka (one node or a three-node
+cluster), bridge processes.
 
-The broker is the project's own deploy/kafka-local (a single KRaft node on loopback, data kept in
-its home directory across restarts); bridges are `python -m bridge serve` processes, as in the
-integration tests. Everything listens on 127.0.0.1, on free ports chosen here, and every process
-is ended by its own PID. Used by the test suite's fixtures and by `python -m bench.faults`.
+Kafka is the project's own deploy/kafka-local (KRaft nodes on loopback, data kept in their home
+directories across restarts); bridges are `python -m bridge serve` processes, as in the integration
+tests. Everything listens on 127.0.0.1, on free ports chosen here once (a restarted node is found
+where clients expect it), and every process is ended by its own PID. Used by the test suite's
+fixtures, by `python -m bench.faults` and by the benchmark.
 """
 from __future__ import annotations
 
@@ -23,11 +25,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
 ROOT = Path(__file__).resolve().parent.parent
+KAFKA_LOCAL = ROOT / "deploy" / "kafka-local"
 PUSH_PATH = "/service-cloud/rest/cc-ai/v1/agentevent/pushresult"
 TOKEN = "drill-token"
+SASL_USER = "bridge"
 
 
 def free_port() -> int:
@@ -51,25 +57,74 @@ def make_tls(out: Path) -> Path:
     return out
 
 
+def load_script(name: str) -> ModuleType:
+    """deploy/kafka-local/<name>.py (standard-library scripts, not a package), imported once."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, KAFKA_LOCAL / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def load_kafkalocal() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kafkalocal", ROOT / "deploy" / "kafka-local" / "kafkalocal.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("kafkalocal")
+
+
+def load_kafkacluster() -> ModuleType:
+    load_kafkalocal()  # kafkacluster imports it by name
+    return load_script("kafkacluster")
+
+
+def client_options(bootstrap: str, tls: Path, protocol: str = "SSL", mechanism: str | None = None,
+                   password: str | None = None) -> dict:
+    """aiokafka options for the local Kafka: SSL is mutual TLS with the local certificate, SASL_SSL
+    checks the broker's certificate and logs in as the local SASL user (`password` overrides)."""
+    options: dict = {"bootstrap_servers": bootstrap, "security_protocol": protocol}
+    if protocol == "SSL":
+        options["ssl_context"] = create_ssl_context(cafile=str(tls / "ca.pem"), certfile=str(tls / "server.pem"),
+                                                    keyfile=str(tls / "server.key"))
+    elif protocol == "SASL_SSL":
+        options["ssl_context"] = create_ssl_context(cafile=str(tls / "ca.pem"))
+    if protocol.startswith("SASL_"):
+        options.update(sasl_mechanism=mechanism or "SCRAM-SHA-512", sasl_plain_username=SASL_USER,
+                       sasl_plain_password=password or load_kafkalocal().USERS[SASL_USER])
+    return options
+
+
+def bridge_kafka_env(bootstrap: str, tls: Path, protocol: str = "SSL", mechanism: str | None = None,
+                     password: str | None = None) -> dict[str, str]:
+    """The BRIDGE_KAFKA_* settings matching client_options()."""
+    env = {"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "BRIDGE_KAFKA_SECURITY_PROTOCOL": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        env["BRIDGE_KAFKA_SSL_CAFILE"] = str(tls / "ca.pem")
+    if protocol == "SSL":
+        env.update(BRIDGE_KAFKA_SSL_CERTFILE=str(tls / "server.pem"), BRIDGE_KAFKA_SSL_KEYFILE=str(tls / "server.key"))
+    if protocol.startswith("SASL_"):
+        env.update(BRIDGE_KAFKA_SASL_MECHANISM=mechanism or "SCRAM-SHA-512", BRIDGE_KAFKA_SASL_USERNAME=SASL_USER,
+                   BRIDGE_KAFKA_SASL_PASSWORD=password or load_kafkalocal().USERS[SASL_USER])
+    return env
+
+
+def pause_process(pid: int | None) -> bool:
+    """SIGSTOP: connections stay open but nothing answers (a hung broker)."""
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGSTOP)
+    return True
 
 
 @dataclass
 class Broker:
-    """A single-node Kafka in `home`, reachable over mutual TLS on `ssl_port`.
-
-    The ports are chosen once, so a restarted broker is found where clients expect it.
-    """
+    """A single-node Kafka in `home`: mutual TLS on `ssl_port`, SASL on `sasl_ssl_port`/`sasl_port`."""
 
     home: Path
     tls: Path
     port: int = field(default_factory=free_port)
     ssl_port: int = field(default_factory=free_port)
     controller_port: int = field(default_factory=free_port)
+    sasl_ssl_port: int = field(default_factory=free_port)
+    sasl_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         self._kafkalocal = load_kafkalocal()
@@ -78,6 +133,11 @@ class Broker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.ssl_port}"
+
+    def address(self, protocol: str = "SSL") -> str:
+        port = {"PLAINTEXT": self.port, "SSL": self.ssl_port, "SASL_SSL": self.sasl_ssl_port,
+                "SASL_PLAINTEXT": self.sasl_port}[protocol]
+        return f"127.0.0.1:{port}"
 
     @property
     def pid(self) -> int | None:
@@ -89,7 +149,8 @@ class Broker:
     def start(self) -> "Broker":
         """Start (or restart after a kill) and return once the listeners accept connections."""
         try:
-            self._kafkalocal.start(self.home, self.port, self.ssl_port, self.controller_port, self.tls)
+            self._kafkalocal.start(self.home, self.port, self.ssl_port, self.controller_port, self.tls,
+                                   self.sasl_ssl_port, self.sasl_port)
         except SystemExit as exc:  # the script's way of failing; an exception is easier to handle here
             raise RuntimeError(f"the broker did not start: {exc}") from None
         return self
@@ -105,10 +166,7 @@ class Broker:
 
     def pause(self) -> None:
         """SIGSTOP the JVM: connections stay open but nothing answers (a hung broker)."""
-        pid = self.pid
-        if pid is not None:
-            os.kill(pid, signal.SIGSTOP)
-            self._paused = True
+        self._paused = pause_process(self.pid) or self._paused
 
     def resume(self) -> None:
         pid = self.pid
@@ -116,23 +174,140 @@ class Broker:
             os.kill(pid, signal.SIGCONT)
         self._paused = False
 
-    def client_options(self) -> dict:
-        """aiokafka options for reading back (mutual TLS with the local certificate)."""
-        return {
-            "bootstrap_servers": self.bootstrap,
-            "security_protocol": "SSL",
-            "ssl_context": create_ssl_context(cafile=str(self.tls / "ca.pem"), certfile=str(self.tls / "server.pem"),
-                                              keyfile=str(self.tls / "server.key")),
-        }
+    def client_options(self, protocol: str = "SSL", mechanism: str | None = None, password: str | None = None) -> dict:
+        """aiokafka options for reading back (default: mutual TLS with the local certificate)."""
+        return client_options(self.address(protocol), self.tls, protocol, mechanism, password)
 
-    def bridge_env(self) -> dict[str, str]:
-        return {
-            "BRIDGE_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "BRIDGE_KAFKA_SECURITY_PROTOCOL": "SSL",
-            "BRIDGE_KAFKA_SSL_CAFILE": str(self.tls / "ca.pem"),
-            "BRIDGE_KAFKA_SSL_CERTFILE": str(self.tls / "server.pem"),
-            "BRIDGE_KAFKA_SSL_KEYFILE": str(self.tls / "server.key"),
-        }
+    def bridge_env(self, protocol: str = "SSL", mechanism: str | None = None,
+                   password: str | None = None) -> dict[str, str]:
+        return bridge_kafka_env(self.address(protocol), self.tls, protocol, mechanism, password)
+
+
+@dataclass
+class Cluster:
+    """A three-node Kafka cluster in `home` (deploy/kafka-local/kafkacluster.py): replication factor
+    3, min.insync.replicas 2. Nodes are numbered from 1; their ports are chosen once."""
+
+    home: Path
+    tls: Path
+    size: int = 3
+    ports: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._kc = load_kafkacluster()
+        self._kl = load_kafkalocal()
+        if not self.ports:
+            self.ports = {n: {name: free_port() for name in self._kc.PORT_OFFSETS} for n in range(1, self.size + 1)}
+        self._paused: set[int] = set()
+
+    @property
+    def nodes(self) -> list[int]:
+        return sorted(self.ports)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.address("SSL")
+
+    def address(self, protocol: str = "SSL", nodes: list[int] | None = None) -> str:
+        return ",".join(f"127.0.0.1:{self.ports[n][protocol]}" for n in nodes or self.nodes)
+
+    def _home(self, node: int) -> Path:
+        return self._kc.node_home(self.home, node)
+
+    def pid(self, node: int) -> int | None:
+        state = self._kl.read_state(self._home(node))
+        return state["pid"] if state and self._kl.pid_alive(state["pid"]) else None
+
+    def running(self) -> list[int]:
+        return [n for n in self.nodes if self.pid(n) is not None]
+
+    def start(self) -> "Cluster":
+        """Start every node that is not running and return once all of them accept clients."""
+        self._run(self._kc.start, self.home, self.tls, self.ports)
+        return self
+
+    def start_node(self, node: int) -> None:
+        self._run(self._kc.node_start, self.home, node)
+
+    def kill_node(self, node: int) -> None:
+        """SIGKILL one node: no controlled shutdown, leadership moves only once it is fenced."""
+        self.resume_node(node)
+        self._kl.stop(self._home(node), signal.SIGKILL)
+
+    def stop_node(self, node: int) -> None:
+        """SIGTERM one node: a controlled shutdown hands its leaderships over first."""
+        self.resume_node(node)
+        self._kl.stop(self._home(node))
+
+    def pause_node(self, node: int) -> None:
+        if pause_process(self.pid(node)):
+            self._paused.add(node)
+
+    def resume_node(self, node: int) -> None:
+        pid = self.pid(node)
+        if node in self._paused and pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        self._paused.discard(node)
+
+    def stop(self) -> None:
+        for node in list(self._paused):
+            self.resume_node(node)
+        self._kc.stop(self.home)
+
+    def kill(self) -> None:
+        for node in list(self._paused):
+            self.resume_node(node)
+        self._kc.stop(self.home, signal.SIGKILL)
+
+    def controller(self) -> int | None:
+        """The node leading the controller quorum (None while there is no leader)."""
+        return self._kc.controller(self.home)
+
+    async def partitions(self, topics: list[str] | None = None) -> list[dict]:
+        """Partition metadata (`topic`, `partition`, `leader`, `replicas`, `isr`) as a live node
+        sees it; every topic when `topics` is None."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.address("PLAINTEXT", self.running()),
+                                    request_timeout_ms=5000)
+        await admin.start()
+        try:
+            described = await admin.describe_topics(topics)
+        finally:
+            await admin.close()
+        return [{"topic": t["topic"], **p} for t in described for p in t["partitions"]]
+
+    async def leaders(self, topic: str) -> dict[int, int]:
+        """partition -> node leading it (-1: none)."""
+        return {p["partition"]: p["leader"] for p in await self.partitions([topic])}
+
+    async def wait_in_sync(self, timeout_s: float = 120.0) -> float:
+        """Until every partition of every topic has a leader and all its replicas in sync (a node
+        that came back has caught up); returns the seconds it took."""
+        started = time.monotonic()
+        while True:
+            try:
+                lagging = [p for p in await self.partitions() if p["leader"] < 0 or len(p["isr"]) < len(p["replicas"])]
+            except (KafkaError, OSError, TimeoutError):  # no node answered yet; ask again
+                lagging = ["no answer"]
+            if not lagging:
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise RuntimeError(f"partitions not in sync after {timeout_s:.0f} s: {lagging[:5]}")
+            await asyncio.sleep(0.5)
+
+    def client_options(self, protocol: str = "SSL", mechanism: str | None = None, password: str | None = None) -> dict:
+        return client_options(self.address(protocol), self.tls, protocol, mechanism, password)
+
+    def bridge_env(self, protocol: str = "SSL", mechanism: str | None = None,
+                   password: str | None = None) -> dict[str, str]:
+        return {**bridge_kafka_env(self.address(protocol), self.tls, protocol, mechanism, password),
+                "BRIDGE_TOPIC_REPLICATION_FACTOR": str(min(3, self.size))}
+
+    @staticmethod
+    def _run(function: Callable, *args) -> None:
+        try:
+            function(*args)
+        except SystemExit as exc:  # the script's way of failing
+            raise RuntimeError(f"kafka-local: {exc}") from None
 
 
 @dataclass

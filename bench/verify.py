@@ -13,6 +13,8 @@ partition in offset order, and compares with the ledger written by bench.simulat
     python -m bench.verify --ledger run.jsonl --topics cc.agent.events --bootstrap 127.0.0.1:9093 \\
         --security-protocol SSL --cafile .local/tls/ca.pem --certfile .local/tls/server.pem \\
         --keyfile .local/tls/server.key
+    python -m bench.verify ... --bootstrap 127.0.0.1:9095 --security-protocol SASL_SSL --cafile .local/tls/ca.pem \\
+        --sasl-mechanism SCRAM-SHA-512 --sasl-username bridge --sasl-password-file password.txt
 
 Prints one line of figures; exits 1 when something acknowledged was lost or reordered.
 """
@@ -24,6 +26,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import orjson
@@ -209,22 +212,47 @@ async def verify(client_options: dict, topics: list[str], ledger: Ledger) -> Fig
 
 
 def client_options(args: argparse.Namespace) -> dict:
-    options: dict = {"bootstrap_servers": args.bootstrap, "security_protocol": args.security_protocol}
-    if args.security_protocol == "SSL":
+    """aiokafka options from the command line (the bridge's BRIDGE_KAFKA_* settings, as flags)."""
+    protocol = args.security_protocol
+    options: dict = {"bootstrap_servers": args.bootstrap, "security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = create_ssl_context(cafile=args.cafile, certfile=args.certfile, keyfile=args.keyfile)
+    sasl = (args.sasl_mechanism, args.sasl_username, args.sasl_password, args.sasl_password_file)
+    if not protocol.startswith("SASL_"):
+        if any(value is not None for value in sasl):
+            raise SystemExit(f"--sasl-* options need --security-protocol SASL_SSL or SASL_PLAINTEXT, not {protocol}")
+        return options
+    if args.sasl_mechanism is None or args.sasl_username is None:
+        raise SystemExit(f"{protocol} needs --sasl-mechanism and --sasl-username")
+    if (args.sasl_password is None) == (args.sasl_password_file is None):
+        raise SystemExit(f"{protocol} needs exactly one of --sasl-password and --sasl-password-file")
+    password = args.sasl_password
+    if password is None:
+        password = Path(args.sasl_password_file).read_text(encoding="utf-8").rstrip("\r\n")
+    options.update(sasl_mechanism=args.sasl_mechanism, sasl_plain_username=args.sasl_username,
+                   sasl_plain_password=password)
     return options
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ledger", required=True, help="JSONL ledger written by bench.simulate")
     parser.add_argument("--topics", required=True, help="comma-separated topics the bridge wrote to")
     parser.add_argument("--bootstrap", default="127.0.0.1:9093")
-    parser.add_argument("--security-protocol", choices=["PLAINTEXT", "SSL"], default="SSL")
+    parser.add_argument("--security-protocol", choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+                        default="SSL")
     parser.add_argument("--cafile")
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
-    args = parser.parse_args(argv)
+    parser.add_argument("--sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+    parser.add_argument("--sasl-username")
+    parser.add_argument("--sasl-password", help="prefer --sasl-password-file: a command line is visible to others")
+    parser.add_argument("--sasl-password-file", help="file holding the password (a trailing line end is dropped)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     figures = asyncio.run(verify(client_options(args), args.topics.split(","), Ledger.load(args.ledger)))
     print(figures.line())
     if not figures.ok:

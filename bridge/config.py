@@ -16,7 +16,8 @@ PREFIX = "BRIDGE_"
 DEFAULT_PUSH_PATH = "/service-cloud/rest/cc-ai/v1/agentevent/pushresult"
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,50}")
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,249}")
-KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL")
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MALFORMED_MODES = ("quarantine", "refuse")
 
@@ -40,6 +41,10 @@ class Settings:
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    kafka_sasl_password_file: Path | None = None
     kafka_linger_ms: int = 0
     host: str = "127.0.0.1"
     port: int = 8043
@@ -133,6 +138,11 @@ class _Reader:
             raise ConfigError(f"{PREFIX}{name}={value!r}: no such file")
         return path
 
+    def secret(self, name: str) -> str | None:
+        """Taken exactly as given (spaces are part of a password); empty means unset."""
+        self.seen.add(name)
+        return self.env.get(PREFIX + name) or None
+
     def choice(self, name: str, default: str, choices: tuple[str, ...], fold=str.upper) -> str:
         value = fold(self.raw(name) or default)
         if value not in choices:
@@ -174,6 +184,44 @@ def _tokens(value: str | None) -> tuple[str, ...]:
                 "A-Z, a-z, 0-9, '-' or '_' (the gateway refuses other tokens)"
             )
     return tokens
+
+
+def _sasl(r: _Reader, protocol: str) -> dict:
+    """The SASL settings, checked together; the password (from the variable or the file) is never
+    part of an error message."""
+    mechanism, username = r.raw("KAFKA_SASL_MECHANISM"), r.raw("KAFKA_SASL_USERNAME")
+    password, password_file = r.secret("KAFKA_SASL_PASSWORD"), r.file("KAFKA_SASL_PASSWORD_FILE")
+    given = {"KAFKA_SASL_MECHANISM": mechanism, "KAFKA_SASL_USERNAME": username,
+             "KAFKA_SASL_PASSWORD": password, "KAFKA_SASL_PASSWORD_FILE": password_file}
+    if not protocol.startswith("SASL_"):
+        name = next((n for n, v in given.items() if v is not None), None)
+        if name is not None:
+            raise ConfigError(f"{PREFIX}{name} is set but {PREFIX}KAFKA_SECURITY_PROTOCOL={protocol} does not "
+                              "use SASL (use SASL_SSL or SASL_PLAINTEXT)")
+        return {}
+    if mechanism is None:
+        raise ConfigError(f"{PREFIX}KAFKA_SASL_MECHANISM is not set: {protocol} needs one of "
+                          f"{', '.join(SASL_MECHANISMS)}")
+    if mechanism.upper() not in SASL_MECHANISMS:
+        raise ConfigError(f"{PREFIX}KAFKA_SASL_MECHANISM={mechanism!r} must be one of {', '.join(SASL_MECHANISMS)}")
+    if username is None:
+        raise ConfigError(f"{PREFIX}KAFKA_SASL_USERNAME is not set: {protocol} needs a user name")
+    if password is not None and password_file is not None:
+        raise ConfigError(f"{PREFIX}KAFKA_SASL_PASSWORD_FILE and {PREFIX}KAFKA_SASL_PASSWORD are both set: "
+                          "give the password one way only")
+    if password_file is not None:
+        try:
+            password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{PREFIX}KAFKA_SASL_PASSWORD_FILE={str(password_file)!r} cannot be read "
+                              f"({type(exc).__name__})") from None
+        if not password:
+            raise ConfigError(f"{PREFIX}KAFKA_SASL_PASSWORD_FILE={str(password_file)!r} is empty")
+    elif password is None:
+        raise ConfigError(f"{PREFIX}KAFKA_SASL_PASSWORD is not set: {protocol} needs a password "
+                          f"(or {PREFIX}KAFKA_SASL_PASSWORD_FILE, a file holding it)")
+    return {"kafka_sasl_mechanism": mechanism.upper(), "kafka_sasl_username": username,
+            "kafka_sasl_password": password, "kafka_sasl_password_file": password_file}
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -222,6 +270,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_ssl_cafile=r.file("KAFKA_SSL_CAFILE"),
         kafka_ssl_certfile=certfile,
         kafka_ssl_keyfile=keyfile,
+        **_sasl(r, protocol),
         kafka_linger_ms=r.number("KAFKA_LINGER_MS", 0, 0, 1000),
         host=host,
         port=port,

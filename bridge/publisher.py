@@ -100,17 +100,23 @@ class _Held:
 
 
 def kafka_client_options(settings: Settings) -> dict:
+    """Connection settings shared by every Kafka client of the process (producer, admin)."""
     options: dict = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "security_protocol": settings.kafka_security_protocol,
         "client_id": "cc-gateway-bridge",
     }
-    if settings.kafka_security_protocol == "SSL":
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = create_ssl_context(
             cafile=settings.kafka_ssl_cafile,
             certfile=settings.kafka_ssl_certfile,
             keyfile=settings.kafka_ssl_keyfile,
         )
+    if settings.kafka_sasl_mechanism is not None:
+        # aiokafka names both fields "plain" but uses them for SCRAM as well.
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                       sasl_plain_username=settings.kafka_sasl_username,
+                       sasl_plain_password=settings.kafka_sasl_password)
     return options
 
 

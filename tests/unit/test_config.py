@@ -54,7 +54,7 @@ def test_routes_and_topics():
     ({"BRIDGE_SPOOL_MAX_BYTES": "1000"}, "BRIDGE_SPOOL_MAX_BYTES"),
     ({"BRIDGE_ROUTES": "A*=bad/topic"}, "BRIDGE_ROUTES"),
     ({"BRIDGE_PUSH_PATH": "no-slash"}, "BRIDGE_PUSH_PATH"),
-    ({"BRIDGE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "BRIDGE_KAFKA_SECURITY_PROTOCOL"),
+    ({"BRIDGE_KAFKA_SECURITY_PROTOCOL": "SASL"}, "BRIDGE_KAFKA_SECURITY_PROTOCOL"),
     ({"BRIDGE_KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "BRIDGE_KAFKA_SSL_CAFILE"),
     ({"BRIDGE_PUBLISH_TIMEOUT_S": "0"}, "BRIDGE_PUBLISH_TIMEOUT_S"),
     ({"BRIDGE_LOG_LEVEL": "loud"}, "BRIDGE_LOG_LEVEL"),
@@ -87,3 +87,87 @@ def test_kafka_client_certificate_needs_its_key(tmp_path: Path):
     cert.write_text("x")
     with pytest.raises(ConfigError, match="KAFKA_SSL_CERTFILE and BRIDGE_KAFKA_SSL_KEYFILE"):
         config.load({**BASE, "BRIDGE_KAFKA_SSL_CERTFILE": str(cert)})
+
+
+SASL = {"BRIDGE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "BRIDGE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "BRIDGE_KAFKA_SASL_USERNAME": "bridge", "BRIDGE_KAFKA_SASL_PASSWORD": "pa ss=w0rd!"}
+SECRET = "pa ss=w0rd!"
+
+
+@pytest.mark.parametrize("protocol", ["SASL_SSL", "sasl_plaintext"])
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "scram-sha-512"])
+def test_sasl_settings(protocol, mechanism):
+    settings = config.load({**BASE, **SASL, "BRIDGE_KAFKA_SECURITY_PROTOCOL": protocol,
+                            "BRIDGE_KAFKA_SASL_MECHANISM": mechanism})
+    assert settings.kafka_security_protocol == protocol.upper()
+    assert settings.kafka_sasl_mechanism == mechanism.upper()
+    assert (settings.kafka_sasl_username, settings.kafka_sasl_password) == ("bridge", SECRET)
+    assert SECRET not in repr(settings)
+
+
+@pytest.mark.parametrize("content", ["s3cret\n", "s3cret\r\n", "s3cret"])
+def test_sasl_password_from_a_file_loses_only_the_line_end(tmp_path: Path, content):
+    secret = tmp_path / "password"
+    secret.write_bytes(f" {content}".encode())
+    env = {**BASE, **SASL, "BRIDGE_KAFKA_SASL_PASSWORD": None, "BRIDGE_KAFKA_SASL_PASSWORD_FILE": str(secret)}
+    settings = config.load({k: v for k, v in env.items() if v is not None})
+    assert settings.kafka_sasl_password == " s3cret" and settings.kafka_sasl_password_file == secret
+
+
+def test_no_sasl_settings_without_a_sasl_protocol():
+    settings = config.load(BASE)
+    assert (settings.kafka_sasl_mechanism, settings.kafka_sasl_username, settings.kafka_sasl_password) == (None,) * 3
+
+
+def _problem(tmp_path: Path, **env: str | None) -> str:
+    merged = {k: v for k, v in {**BASE, **SASL, **env}.items() if v is not None}
+    with pytest.raises(ConfigError) as error:
+        config.load(merged)
+    message = str(error.value)
+    assert SECRET not in message and "file-secret" not in message
+    return message
+
+
+@pytest.mark.parametrize("env, name", [
+    ({"BRIDGE_KAFKA_SASL_MECHANISM": None}, "BRIDGE_KAFKA_SASL_MECHANISM"),
+    ({"BRIDGE_KAFKA_SASL_MECHANISM": "GSSAPI"}, "BRIDGE_KAFKA_SASL_MECHANISM"),
+    ({"BRIDGE_KAFKA_SASL_MECHANISM": "OAUTHBEARER"}, "BRIDGE_KAFKA_SASL_MECHANISM"),
+    ({"BRIDGE_KAFKA_SASL_USERNAME": None}, "BRIDGE_KAFKA_SASL_USERNAME"),
+    ({"BRIDGE_KAFKA_SASL_USERNAME": "  "}, "BRIDGE_KAFKA_SASL_USERNAME"),
+    ({"BRIDGE_KAFKA_SASL_PASSWORD": None}, "BRIDGE_KAFKA_SASL_PASSWORD"),
+    ({"BRIDGE_KAFKA_SASL_PASSWORD": ""}, "BRIDGE_KAFKA_SASL_PASSWORD"),
+    ({"BRIDGE_KAFKA_SASL_PASSWORD_FILE": "/nonexistent/password"}, "BRIDGE_KAFKA_SASL_PASSWORD_FILE"),
+    ({"BRIDGE_KAFKA_SECURITY_PROTOCOL": "SSL"}, "BRIDGE_KAFKA_SASL_MECHANISM"),
+    ({"BRIDGE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT", "BRIDGE_KAFKA_SASL_MECHANISM": None,
+      "BRIDGE_KAFKA_SASL_USERNAME": None}, "BRIDGE_KAFKA_SASL_PASSWORD"),
+    ({"BRIDGE_KAFKA_SASL_PASSWORDFILE": "x"}, "BRIDGE_KAFKA_SASL_PASSWORDFILE"),
+])
+def test_inconsistent_sasl_settings_name_the_variable(tmp_path, env, name):
+    assert _problem(tmp_path, **env).startswith(name)
+
+
+def test_a_password_given_twice_is_refused(tmp_path: Path):
+    secret = tmp_path / "password"
+    secret.write_text("file-secret\n")
+    message = _problem(tmp_path, BRIDGE_KAFKA_SASL_PASSWORD_FILE=str(secret))
+    assert message.startswith("BRIDGE_KAFKA_SASL_PASSWORD_FILE") and "BRIDGE_KAFKA_SASL_PASSWORD " in message
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\xff\xfe not utf-8"])
+def test_an_empty_or_unreadable_password_file_is_refused(tmp_path: Path, content):
+    secret = tmp_path / "password"
+    secret.write_bytes(content)
+    message = _problem(tmp_path, BRIDGE_KAFKA_SASL_PASSWORD=None, BRIDGE_KAFKA_SASL_PASSWORD_FILE=str(secret))
+    assert message.startswith("BRIDGE_KAFKA_SASL_PASSWORD_FILE")
+
+
+def test_kafka_clients_get_the_sasl_login(tmp_path: Path):
+    from bridge.publisher import kafka_client_options
+
+    ssl_options = kafka_client_options(config.load({**BASE, **SASL}))
+    assert ssl_options["security_protocol"] == "SASL_SSL" and "ssl_context" in ssl_options
+    assert (ssl_options["sasl_mechanism"], ssl_options["sasl_plain_username"],
+            ssl_options["sasl_plain_password"]) == ("SCRAM-SHA-512", "bridge", SECRET)
+    plain = kafka_client_options(config.load({**BASE, **SASL, "BRIDGE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}))
+    assert "ssl_context" not in plain and plain["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert "sasl_mechanism" not in kafka_client_options(config.load(BASE))
