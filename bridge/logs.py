@@ -23,6 +23,33 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class Repeats(logging.Filter):
+    """Keeps a Kafka outage readable: a message of the Kafka client (the same text template from
+    the same logger) passes once per `window_s`; the next one that passes says how many were held
+    back meanwhile. The client logs every failed reconnection, many per second per broker."""
+
+    def __init__(self, prefix: str = "aiokafka", window_s: float = 60.0, memory: int = 1000) -> None:
+        super().__init__()
+        self._prefix, self._window_s, self._memory = prefix, window_s, memory
+        self._seen: dict[tuple[str, object], list] = {}  # (logger, template) -> [last passed, held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefix):
+            return True
+        key = (record.name, record.msg)
+        entry = self._seen.get(key)
+        if entry is not None and record.created - entry[0] < self._window_s:
+            entry[1] += 1
+            return False
+        if entry is not None and entry[1]:
+            record.fields = {**getattr(record, "fields", {}), "repeated": entry[1],
+                             "repeated_within_s": self._window_s}
+        if len(self._seen) >= self._memory:
+            self._seen.clear()
+        self._seen[key] = [record.created, 0]
+        return True
+
+
 def setup(level: str) -> None:
     # Fields these lines never show, so a log call need not collect them (source line, thread,
     # process): documented switches of the logging module that make each record cheaper.
@@ -30,6 +57,7 @@ def setup(level: str) -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(Repeats())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)  # libraries: warnings and errors only

@@ -20,104 +20,27 @@ import logging
 import socket
 import time
 from collections import Counter
-from typing import Iterable
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
-from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
 from .config import Settings
+from .kafka import Health, client_options, create_topics, describe
+from .locks import KeyedLocks
 from .metrics import Metrics
 from .records import Record
 
 log = logging.getLogger("bridge.publisher")
 CHECK_INTERVAL_HEALTHY_S = 5.0
 CHECK_INTERVAL_UNHEALTHY_S = 1.0
-CHECK_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_MS = 30_000
 MAX_BATCH_BYTES = 256 * 1024  # per partition; aiokafka's 16 KB default splits a large push into many requests
 TRANSACTION_TIMEOUT_MS = 15_000
-TOPIC_EXISTS = 36
 
 
 class PublishError(Exception):
     """Kafka did not acknowledge every record in time; nothing is promised about the push."""
-
-
-class KeyedLocks:
-    """asyncio locks by key, created on demand and dropped when nobody holds or awaits them.
-
-    `hold(keys)` takes the locks of all distinct keys in one global order (so two pushes never
-    deadlock) and is a plain class, cheap on the path every push takes."""
-
-    def __init__(self) -> None:
-        self._locks: dict[bytes, list] = {}  # key -> [lock, users]
-
-    def hold(self, keys: Iterable[bytes]) -> "_Held":
-        return _Held(self, sorted(set(keys)))
-
-    async def _acquire(self, keys: list[bytes]) -> None:
-        for index, key in enumerate(keys):
-            entry = self._locks.get(key)
-            if entry is None:
-                entry = self._locks[key] = [asyncio.Lock(), 0]
-            entry[1] += 1
-            try:
-                await entry[0].acquire()
-            except BaseException:  # cancelled while waiting: give back what was taken
-                self._leave(key)
-                self._release(keys[:index])
-                raise
-
-    def _release(self, keys: list[bytes]) -> None:
-        for key in keys:
-            self._locks[key][0].release()
-            self._leave(key)
-
-    def _leave(self, key: bytes) -> None:
-        entry = self._locks[key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self._locks[key]
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-
-class _Held:
-    __slots__ = ("_locks", "_keys")
-
-    def __init__(self, locks: KeyedLocks, keys: list[bytes]) -> None:
-        self._locks, self._keys = locks, keys
-
-    async def __aenter__(self) -> None:
-        await self._locks._acquire(self._keys)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._locks._release(self._keys)
-
-
-def kafka_client_options(settings: Settings) -> dict:
-    """Connection settings shared by every Kafka client of the process (producer, admin)."""
-    options: dict = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
-        "security_protocol": settings.kafka_security_protocol,
-        "client_id": "cc-gateway-bridge",
-    }
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(
-            cafile=settings.kafka_ssl_cafile,
-            certfile=settings.kafka_ssl_certfile,
-            keyfile=settings.kafka_ssl_keyfile,
-        )
-    if settings.kafka_sasl_mechanism is not None:
-        # aiokafka names both fields "plain" but uses them for SCRAM as well.
-        options.update(sasl_mechanism=settings.kafka_sasl_mechanism,
-                       sasl_plain_username=settings.kafka_sasl_username,
-                       sasl_plain_password=settings.kafka_sasl_password)
-    return options
 
 
 def transactional_id(settings: Settings) -> str:
@@ -134,6 +57,7 @@ class Publisher:
         self._problem = "Kafka is not reachable"
         self._reset_wanted = False
         self._check_now = asyncio.Event()
+        self._health = Health(settings)
         self._supervisor: asyncio.Task | None = None
         self._locks = KeyedLocks()
         self._events_default = self._metrics.events.labels(settings.topic)
@@ -169,6 +93,7 @@ class Publisher:
         for _, done in self._queue:
             if not done.done():
                 done.set_exception(PublishError("the bridge is shutting down"))
+        await self._health.close()
         await self._drop_producer()
 
     async def _supervise(self) -> None:
@@ -189,7 +114,7 @@ class Publisher:
     def _new_producer(self) -> AIOKafkaProducer:
         settings = self._settings
         options = dict(
-            **kafka_client_options(settings),
+            **client_options(settings),
             acks="all",
             enable_idempotence=True,
             linger_ms=settings.kafka_linger_ms,
@@ -203,17 +128,24 @@ class Publisher:
         return AIOKafkaProducer(**options)
 
     async def _connect(self) -> None:
+        """A new producer, once the health check says the cluster answers (a producer started
+        against an unreachable or refusing cluster only fails slowly)."""
         settings = self._settings
+        await self._check()
+        if self._problem.startswith("Kafka topics missing") and settings.create_topics:
+            try:
+                await create_topics(settings)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                self._set_health(False, f"creating the topics failed ({describe(exc, settings)})")
+                return
+        elif not self._healthy:
+            return
         producer = self._new_producer()
         try:
             await asyncio.wait_for(producer.start(), REQUEST_TIMEOUT_MS / 1000)
-            if settings.create_topics:
-                await self._create_topics()
         except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("Kafka at %s not usable yet (%s: %s); retrying",
-                        settings.kafka_bootstrap_servers, type(exc).__name__, exc)
             await asyncio.gather(producer.stop(), return_exceptions=True)
-            self._set_health(False, f"Kafka is not reachable ({type(exc).__name__})")
+            self._set_health(False, describe(exc, settings))
             return
         self._producer = producer
         self._reset_wanted = False
@@ -236,21 +168,20 @@ class Publisher:
                 log.warning("Kafka producer did not close cleanly: %s", type(exc).__name__)
 
     async def _check(self, quiet: bool = False) -> None:
-        try:
-            cluster = await asyncio.wait_for(self._producer.client.fetch_all_metadata(), CHECK_TIMEOUT_S)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            self._set_health(False, f"Kafka is not reachable ({type(exc).__name__})", quiet)
-            return
-        missing = [t for t in self._settings.topics if t not in cluster.topics()]
-        if missing:
-            self._set_health(False, f"Kafka topics missing: {', '.join(missing)}", quiet)
-        else:
-            self._set_health(True, "", quiet)
+        problem, live = await self._health.check()
+        self._set_health(not problem, problem, quiet)
+        producer = self._producer
+        if not problem and producer is not None and not self._reset_wanted:
+            known = {b.nodeId for b in producer.client.cluster.brokers()}
+            if known and not known & live:  # its metadata names only brokers that are gone
+                self._want_new_producer("the producer knows only brokers that left the cluster")
 
     def _set_health(self, healthy: bool, problem: str = "Kafka is not reachable", quiet: bool = False) -> None:
-        if not quiet and (healthy != self._healthy or problem != self._problem):
+        if not quiet and (healthy != self._healthy or problem != self._problem):  # changes only: no flood
             if healthy:
                 log.info("Kafka is reachable and every topic exists")
+            elif "SASL" in problem or "TLS" in problem:
+                log.error("Kafka is not usable: %s", problem)
             else:
                 log.warning("Kafka is not usable: %s", problem)
         self._healthy, self._problem = healthy, problem
@@ -268,25 +199,6 @@ class Publisher:
         log.warning("%s: the producer will be replaced", why)
         self._reset_wanted = True
         self._check_now.set()
-
-    async def _create_topics(self) -> None:
-        settings = self._settings
-        admin = AIOKafkaAdminClient(**kafka_client_options(settings))
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            missing = [t for t in settings.topics if t not in existing]
-            if not missing:
-                return
-            response = await admin.create_topics([
-                NewTopic(t, settings.topic_partitions, settings.topic_replication_factor) for t in missing
-            ])
-            for topic, code, *rest in response.topic_errors:
-                if code not in (0, TOPIC_EXISTS):
-                    raise KafkaError(f"creating topic {topic} failed with error {code}: {rest}")
-            log.info("created topics %s with %d partitions", ", ".join(missing), settings.topic_partitions)
-        finally:
-            await admin.close()
 
     # -- publishing --------------------------------------------------------------------------
 

@@ -162,7 +162,7 @@ def test_an_empty_or_unreadable_password_file_is_refused(tmp_path: Path, content
 
 
 def test_kafka_clients_get_the_sasl_login(tmp_path: Path):
-    from bridge.publisher import kafka_client_options
+    from bridge.kafka import client_options as kafka_client_options
 
     ssl_options = kafka_client_options(config.load({**BASE, **SASL}))
     assert ssl_options["security_protocol"] == "SASL_SSL" and "ssl_context" in ssl_options

@@ -1,6 +1,6 @@
 import asyncio
 
-from bridge.publisher import KeyedLocks
+from bridge.locks import KeyedLocks
 
 
 async def test_same_key_is_serialised_and_locks_are_dropped_after_use():

@@ -1,0 +1,121 @@
+"""The bridge's view of the Kafka cluster: client settings, topic creation and health checks.
+
+Health is checked over a client of its own, never over the producer's connections: a metadata
+request queued behind produce requests parked on a failing broker says nothing about whether the
+cluster can take pushes. After any failed check that client is discarded, so the next check
+starts again from the bootstrap list, whatever brokers came and went meanwhile.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from .config import Settings
+
+log = logging.getLogger("bridge.kafka")
+CHECK_TIMEOUT_S = 3.0
+TOPIC_EXISTS = 36
+
+
+def client_options(settings: Settings) -> dict:
+    """Connection settings shared by every Kafka client of the process (producer, admin, health)."""
+    options: dict = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+        "client_id": "cc-gateway-bridge",
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+        )
+    if settings.kafka_sasl_mechanism is not None:
+        # aiokafka names both fields "plain" but uses them for SCRAM as well.
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                       sasl_plain_username=settings.kafka_sasl_username,
+                       sasl_plain_password=settings.kafka_sasl_password)
+    return options
+
+
+def describe(exc: BaseException, settings: Settings) -> str:
+    """What went wrong, in words an operator can act on."""
+    name = type(exc).__name__
+    if "Sasl" in name or "Authentication" in name:
+        return (f"Kafka refused the SASL login of {settings.kafka_sasl_username!r} with "
+                f"{settings.kafka_sasl_mechanism} ({name}): check BRIDGE_KAFKA_SASL_USERNAME and the password")
+    if isinstance(exc, ssl.SSLError):
+        return f"the TLS handshake with Kafka failed ({exc.reason or name}): check BRIDGE_KAFKA_SSL_*"
+    return f"Kafka is not reachable ({name})"
+
+
+async def create_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in settings.topics if t not in existing]
+        if not missing:
+            return
+        response = await admin.create_topics([
+            NewTopic(t, settings.topic_partitions, settings.topic_replication_factor) for t in missing
+        ])
+        for topic, code, *rest in response.topic_errors:
+            if code not in (0, TOPIC_EXISTS):
+                raise KafkaError(f"creating topic {topic} failed with error {code}: {rest}")
+        log.info("created topics %s with %d partitions", ", ".join(missing), settings.topic_partitions)
+    finally:
+        await admin.close()
+
+
+async def diagnose(settings: Settings) -> BaseException | None:
+    """Connect to the first bootstrap server once and return what stops it (None if nothing)."""
+    host, _, port = settings.kafka_bootstrap_servers.split(",")[0].strip().rpartition(":")
+    options = client_options(settings)
+    options.pop("bootstrap_servers")
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            conn = await create_conn(host.strip("[]"), int(port), **options)
+    except (KafkaError, OSError, TimeoutError, ValueError) as exc:
+        return exc
+    conn.close()
+    return None
+
+
+class Health:
+    """`check()` -> (problem, live broker ids): "" when the cluster answers and every topic exists."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: AIOKafkaClient | None = None
+
+    async def check(self) -> tuple[str, set[int]]:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                if self._client is None:
+                    self._client = AIOKafkaClient(**client_options(self._settings),
+                                                  request_timeout_ms=int(CHECK_TIMEOUT_S * 1000))
+                    await self._client.bootstrap()
+                cluster = await self._client.fetch_all_metadata()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await self.close()
+            if isinstance(exc, KafkaConnectionError):  # "unable to bootstrap" hides the cause
+                exc = await diagnose(self._settings) or exc
+            return describe(exc, self._settings), set()
+        brokers = {b.nodeId for b in cluster.brokers()}
+        missing = [t for t in self._settings.topics if t not in cluster.topics()]
+        if missing:
+            return f"Kafka topics missing: {', '.join(missing)}", brokers
+        return "", brokers
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.gather(client.close(), return_exceptions=True)

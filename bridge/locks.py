@@ -1,0 +1,58 @@
+"""asyncio locks by key (an agent's workNo), taken in one global order so pushes never deadlock."""
+from __future__ import annotations
+
+import asyncio
+from typing import Iterable
+
+
+class KeyedLocks:
+    """Locks created on demand and dropped when nobody holds or awaits them.
+
+    `hold(keys)` takes the locks of all distinct keys in one global order (so two pushes never
+    deadlock) and is a plain class, cheap on the path every push takes."""
+
+    def __init__(self) -> None:
+        self._locks: dict[bytes, list] = {}  # key -> [lock, users]
+
+    def hold(self, keys: Iterable[bytes]) -> "_Held":
+        return _Held(self, sorted(set(keys)))
+
+    async def _acquire(self, keys: list[bytes]) -> None:
+        for index, key in enumerate(keys):
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = [asyncio.Lock(), 0]
+            entry[1] += 1
+            try:
+                await entry[0].acquire()
+            except BaseException:  # cancelled while waiting: give back what was taken
+                self._leave(key)
+                self._release(keys[:index])
+                raise
+
+    def _release(self, keys: list[bytes]) -> None:
+        for key in keys:
+            self._locks[key][0].release()
+            self._leave(key)
+
+    def _leave(self, key: bytes) -> None:
+        entry = self._locks[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class _Held:
+    __slots__ = ("_locks", "_keys")
+
+    def __init__(self, locks: KeyedLocks, keys: list[bytes]) -> None:
+        self._locks, self._keys = locks, keys
+
+    async def __aenter__(self) -> None:
+        await self._locks._acquire(self._keys)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._locks._release(self._keys)

@@ -1,0 +1,28 @@
+"""Log lines: the Kafka client's repeated messages are held back and counted, the bridge's are not."""
+from __future__ import annotations
+
+import logging
+
+from bridge.logs import JsonFormatter, Repeats
+
+
+def record(name: str, msg: str, created: float, *args) -> logging.LogRecord:
+    entry = logging.LogRecord(name, logging.WARNING, __file__, 1, msg, args, None)
+    entry.created = created
+    return entry
+
+
+def test_a_repeated_client_message_passes_once_per_window_with_the_count():
+    repeats = Repeats(window_s=60)
+    passed = [r for t in range(300) if repeats.filter(r := record("aiokafka.conn", "Unable connect to %s", t * 0.25,
+                                                                   f"node-{t % 3}"))]
+    assert [r.created for r in passed] == [0.0, 60.0]
+    assert passed[1].fields == {"repeated": 239, "repeated_within_s": 60}
+    assert '"repeated":239' in JsonFormatter().format(passed[1])
+
+
+def test_other_messages_and_the_bridges_own_lines_are_not_held_back():
+    repeats = Repeats(window_s=60)
+    assert repeats.filter(record("aiokafka.client", "Unable to update metadata from %s", 0.0))
+    assert repeats.filter(record("aiokafka.conn", "another template", 0.1))
+    assert all(repeats.filter(record("bridge.push", "pushEvent refused", t)) for t in range(100))
