@@ -68,6 +68,11 @@ lock:
 clean: kafka-stop
 	rm -rf $(VENV) $(LOCAL) deploy/kafka-local/target build *.egg-info $(ASYNCAPI_CHECK)/node_modules
 
+# A wallboard (current state per agent) built on bridge.consumer, reading what `make run` writes.
+WALLBOARD_ARGS ?=
+wallboard: venv
+	$(VENV)/bin/python -m examples.wallboard $(WALLBOARD_ARGS)
+
 # Print what the bridge wrote: make consume [TOPIC=cc.agent.events]
 TOPIC ?= cc.agent.events
 consume: kafka-jars

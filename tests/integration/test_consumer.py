@@ -226,3 +226,25 @@ async def test_a_rebalance_hands_partitions_over_without_loss_or_repeats(bridge,
     assert first.counts.rebalances >= 2
     assert first.counts.delivered > 0 and second.counts.delivered > 0, "both consumers got partitions"
     assert_once_in_order(app, gateway)
+
+
+async def test_the_wallboard_example_ends_with_each_agent_s_last_state(bridge, kafka, topic, tls_dir, group,
+                                                                       tmp_path):
+    from examples.wallboard import STATES, Wallboard
+    gateway = Gateway(bridge.url, tls_dir, 85001, agents=5)
+    await gateway.push(rounds=6)
+    board = Wallboard(str(tmp_path / "board.sqlite3"))
+    helper = AgentEventConsumer([topic], board.handle, group_id=group, **kafka.client_options())
+    task = asyncio.create_task(helper.run())
+    expected = {}
+    for agent, events in gateway.expected.items():
+        states = [STATES[e["eventType"]] for e in events if e["eventType"] in STATES]
+        expected[agent] = (states[-1], events[-1]["eventType"])
+    for _ in range(300):
+        shown = {agent: (state, last) for agent, state, _, last in board.rows() if agent in expected}
+        if shown == expected:
+            break
+        await asyncio.sleep(0.1)
+    await finish(helper, task)
+    assert shown == expected
+    assert "85001" in board.render()
