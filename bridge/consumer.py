@@ -81,6 +81,14 @@ class AgentEvent:
 Handler = Callable[[AgentEvent], Awaitable[None]]
 
 
+def parse(value: bytes | None) -> Any:
+    """The record value as JSON (what the event topics hold); other bytes are passed on as they are."""
+    try:
+        return orjson.loads(value) if value is not None else None
+    except orjson.JSONDecodeError:
+        return value
+
+
 @dataclass
 class Counts:
     delivered: int = 0
@@ -175,7 +183,9 @@ class AgentEventConsumer:
     def _accept(self, tp: TopicPartition, record: Any) -> None:
         """Hand a fetched record to its agent's lane, or drop it as a repeat (no await: records
         returned by one fetch are all placed before a rebalance callback can run)."""
-        progress = self._progress.setdefault(tp, Progress())
+        progress = self._progress.get(tp)
+        if progress is None:  # no longer ours (revoked meanwhile): its new owner reads it
+            return
         progress.started(record.offset)
         headers = {name: value.decode("utf-8", "replace") for name, value in record.headers}
         agent = record.key.decode("utf-8", "replace") if record.key is not None else ""
@@ -184,7 +194,7 @@ class AgentEventConsumer:
             self.counts.duplicates += 1
             progress.finished(record.offset)
             return
-        event = AgentEvent(agent, orjson.loads(record.value), headers, record.topic, record.partition, record.offset)
+        event = AgentEvent(agent, parse(record.value), headers, record.topic, record.partition, record.offset)
         self._lanes.setdefault(agent, deque()).append((tp, event))
         self._pending += 1
         if agent not in self._workers:
