@@ -46,16 +46,15 @@ def test_asyncapi_document_passes_the_official_parser():
 
 
 def test_the_asyncapi_parser_rejects_a_broken_document(tmp_path):
-    """Control: the validation above can fail (a header schema with a wrong type, a bad $ref target)."""
+    """Control: the validation above can fail, in the document and in the schema it references."""
     folder = copy_contracts(tmp_path)
     text = (folder / "asyncapi.yaml").read_text()
     (folder / "asyncapi.yaml").write_text(text.replace("additionalProperties: false", "additionalProperties: nope", 1))
-    assert run_asyncapi_parser(folder / "asyncapi.yaml").returncode == 1
-    (folder / "asyncapi.yaml").write_text(text)
     schema = (folder / "event.schema.json").read_text()
     (folder / "event.schema.json").write_text(schema.replace('"minLength": 1', '"minLength": "one"'))
     result = run_asyncapi_parser(folder / "asyncapi.yaml")
-    assert result.returncode == 1 and "minLength" in result.stdout
+    assert result.returncode == 1
+    assert "additionalProperties" in result.stdout and "minLength" in result.stdout, result.stdout
 
 
 def test_openapi_document_is_valid_openapi_3_1():
