@@ -7,15 +7,15 @@ TLS := $(LOCAL)/tls
 KAFKA_LOCAL := $(PYTHON) deploy/kafka-local/kafkalocal.py
 KAFKA_CLUSTER := $(PYTHON) deploy/kafka-local/kafkacluster.py
 
-.PHONY: run test unit kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-jars certs venv lock clean consume bench fault
+.PHONY: run test unit kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-jars certs venv npm lock clean consume bench fault wallboard
 
 run: venv certs
 	@deploy/local-run.sh
 
-test: venv kafka-jars
+test: venv kafka-jars npm
 	$(VENV)/bin/pytest
 
-unit: venv
+unit: venv npm
 	$(VENV)/bin/pytest tests/unit
 
 # Only the fault drills (also part of `make test`); the long form is python -m bench.faults.
@@ -35,6 +35,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test,bench]'
+	@touch $@
+
+# The official AsyncAPI parser (Node.js), at the versions pinned in its package-lock.json; the
+# tests validate docs/contracts/asyncapi.yaml with it.
+ASYNCAPI_CHECK := tests/asyncapi-validator
+npm: $(ASYNCAPI_CHECK)/node_modules/.installed
+
+$(ASYNCAPI_CHECK)/node_modules/.installed: $(ASYNCAPI_CHECK)/package.json $(ASYNCAPI_CHECK)/package-lock.json
+	cd $(ASYNCAPI_CHECK) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
 
 certs:
@@ -65,7 +74,12 @@ lock:
 	rm -rf $(LOCAL)/lock-venv
 
 clean: kafka-stop kafka-cluster-stop
-	rm -rf $(VENV) $(LOCAL) deploy/kafka-local/target build *.egg-info
+	rm -rf $(VENV) $(LOCAL) deploy/kafka-local/target build *.egg-info $(ASYNCAPI_CHECK)/node_modules
+
+# A wallboard (current state per agent) built on bridge.consumer, reading what `make run` writes.
+WALLBOARD_ARGS ?=
+wallboard: venv
+	$(VENV)/bin/python -m examples.wallboard $(WALLBOARD_ARGS)
 
 # Print what the bridge wrote: make consume [TOPIC=cc.agent.events] [BOOTSTRAP=host:port]
 # [CLIENT_CONFIG=client.properties], e.g. over SASL_SSL with the local broker's SCRAM user:

@@ -1,0 +1,311 @@
+"""A subscriber's side of the bridge's topics: each agent's events once and in order (aiokafka).
+
+    async def handle(event: AgentEvent) -> None: ...       # the application
+    consumer = AgentEventConsumer(["cc.agent.events"], handle, group_id="wallboard",
+                                  bootstrap_servers="127.0.0.1:9092")
+    await consumer.run()                                    # until consumer.stop()
+
+What it does with the records (docs/subscribers.md has the whole story):
+- reads committed data only (`isolation_level="read_committed"`);
+- per agent (record key), hands events to `handle` one at a time, in offset order; different
+  agents run concurrently, at most `max_concurrency` at once;
+- drops a record whose ce_id was already seen for that agent within `dedup_window_s` (by the
+  bridge's receipt time, ce_time); the memory holds at most `dedup_capacity` ids, whatever the
+  number of agents (the least recently active agents are forgotten first);
+- commits, per partition, only the offsets below the oldest record `handle` has not finished;
+- on a rebalance and on `stop()`, lets `handle` finish every record already fetched (at most
+  `max_buffered`), commits, and only then lets the partitions go;
+- on getting partitions, re-reads up to `warmup_records` records before each committed position
+  to remember their ids, so a gateway retry that straddles a restart is still dropped.
+
+It cannot know what `handle` did before a crash: records handled but not yet committed come again
+after a restart. An application whose store records, with its own writes, the position of the last
+event it applied per agent skips them (see `AgentEvent.position`).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from .consumer_state import Progress, RecentIds, receipt_ms
+
+log = logging.getLogger("bridge.consumer")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEvent:
+    """One event as the application gets it: the agent (record key), the event (the value, parsed)
+    and the headers as text, plus where it was read."""
+
+    agent: str
+    event: Any
+    headers: dict[str, str]
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def ce_id(self) -> str | None:
+        return self.headers.get("ce_id")
+
+    @property
+    def ce_type(self) -> str | None:
+        return self.headers.get("ce_type")
+
+    @property
+    def spooled(self) -> bool:
+        return self.headers.get("bridge_spooled") == "true"
+
+    @property
+    def position(self) -> tuple[str, int, int]:
+        """(topic, partition, offset): store it with what the event changed, and skip an event of
+        the same agent whose position is not after the stored one (it was applied before a crash)."""
+        return self.topic, self.partition, self.offset
+
+    def is_after(self, stored: Iterable | None) -> bool:
+        """Whether this event comes after `stored` (a `position` kept by the application, or None)."""
+        if stored is None:
+            return True
+        topic, partition, offset = stored
+        return (topic, partition) != (self.topic, self.partition) or self.offset > offset
+
+
+Handler = Callable[[AgentEvent], Awaitable[None]]
+
+
+def parse(value: bytes | None) -> Any:
+    """The record value as JSON (what the event topics hold); other bytes are passed on as they are."""
+    try:
+        return orjson.loads(value) if value is not None else None
+    except orjson.JSONDecodeError:
+        return value
+
+
+@dataclass
+class Counts:
+    delivered: int = 0
+    duplicates: int = 0
+    warmed_up: int = 0
+    commits: int = 0
+    rebalances: int = 0
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, owner: "AgentEventConsumer") -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._owner._release(revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._owner._take(assigned)
+
+
+class AgentEventConsumer:
+    """See the module's docstring. `client_options` go to AIOKafkaConsumer (bootstrap_servers,
+    security_protocol, ssl_context, auto_offset_reset, ...)."""
+
+    def __init__(self, topics: list[str], handler: Handler, *, group_id: str, dedup_window_s: float = 300.0,
+                 dedup_capacity: int = 100_000, max_concurrency: int = 64, max_buffered: int = 1000,
+                 commit_interval_s: float = 1.0, warmup_records: int = 10_000, warmup_timeout_s: float = 60.0,
+                 **client_options: Any) -> None:
+        self.topics, self.handler, self.group_id = list(topics), handler, group_id
+        self.dedup_window_s, self.dedup_capacity = dedup_window_s, dedup_capacity
+        self.max_concurrency, self.max_buffered, self.commit_interval_s = max_concurrency, max_buffered, commit_interval_s
+        self.warmup_records, self.warmup_timeout_s = warmup_records, warmup_timeout_s
+        self.client_options = {"auto_offset_reset": "earliest", **client_options}
+        self.counts = Counts()
+        self.recent = RecentIds(dedup_capacity, dedup_window_s * 1000)
+        self._progress: dict[TopicPartition, Progress] = {}
+        self._lanes: dict[str, deque[tuple[TopicPartition, AgentEvent]]] = {}
+        self._workers: dict[str, asyncio.Task] = {}
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._pending = 0
+        self._changed = asyncio.Event()  # set whenever a record finishes (or fails)
+        self._stopping = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._to_warm: set[TopicPartition] = set()  # assigned, paused until their warm-up is done
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def stop(self) -> None:
+        """Ask `run` to finish: what was fetched is handled and committed, then it returns."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until `stop()`. If `handler` raises, fetching stops, the other agents finish the
+        event in hand, what is finished is committed and the exception is raised here. Cancelling
+        `run` abandons the work in progress without committing it, as a crash would."""
+        self._consumer = AIOKafkaConsumer(**self.client_options, group_id=self.group_id, enable_auto_commit=False,
+                                          isolation_level="read_committed")
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
+        await self._consumer.start()
+        try:
+            await self._fetch_until_stopped()
+            await self._settle(set(self._progress))
+            if self._failure is not None:
+                await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+            await self._commit(set(self._progress))
+        except asyncio.CancelledError:
+            for worker in list(self._workers.values()):
+                worker.cancel()
+            raise
+        finally:
+            await self._consumer.stop()
+        if self._failure is not None:
+            raise self._failure
+
+    async def _fetch_until_stopped(self) -> None:
+        last_commit = time.monotonic()
+        while not self._stopping.is_set():
+            if self._to_warm:
+                await self._warm_up_new()
+            while self._pending >= self.max_buffered and not self._stopping.is_set():
+                self._changed.clear()
+                await self._wait_changed(0.5)
+            if self._stopping.is_set():
+                break
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=self.max_buffered - self._pending)
+            for tp, records in batch.items():
+                for record in records:
+                    self._accept(tp, record)
+            if time.monotonic() - last_commit >= self.commit_interval_s:
+                await self._commit(set(self._progress))
+                last_commit = time.monotonic()
+
+    def _accept(self, tp: TopicPartition, record: Any) -> None:
+        """Hand a fetched record to its agent's lane, or drop it as a repeat (no await: records
+        returned by one fetch are all placed before a rebalance callback can run)."""
+        progress = self._progress.get(tp)
+        if progress is None:  # no longer ours (revoked meanwhile): its new owner reads it
+            return
+        progress.started(record.offset)
+        headers = {name: value.decode("utf-8", "replace") for name, value in record.headers}
+        agent = record.key.decode("utf-8", "replace") if record.key is not None else ""
+        ce_id = headers.get("ce_id")
+        if ce_id is not None and self.recent.seen(agent, ce_id, receipt_ms(headers, record.timestamp)):
+            self.counts.duplicates += 1
+            progress.finished(record.offset)
+            return
+        event = AgentEvent(agent, parse(record.value), headers, record.topic, record.partition, record.offset)
+        self._lanes.setdefault(agent, deque()).append((tp, event))
+        self._pending += 1
+        if agent not in self._workers:
+            self._workers[agent] = asyncio.create_task(self._work(agent))
+
+    async def _work(self, agent: str) -> None:
+        """Runs the agent's events one after the other, then ends (a new one starts with new events)."""
+        lane = self._lanes[agent]
+        try:
+            while lane and self._failure is None:
+                tp, event = lane[0]
+                async with self._slots:
+                    await self.handler(event)
+                lane.popleft()
+                self._pending -= 1
+                self.counts.delivered += 1
+                if tp in self._progress:
+                    self._progress[tp].finished(event.offset)
+                self._changed.set()
+        except Exception as exc:  # the application failed: stop, without committing this event
+            log.exception("handler failed on %s (agent %s); stopping", event.position, agent)
+            self._failure = exc
+            self._stopping.set()
+            self._changed.set()
+        finally:
+            del self._workers[agent]
+            if not lane:
+                del self._lanes[agent]
+
+    async def _wait_changed(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _settle(self, tps: set[TopicPartition]) -> None:
+        """Until every fetched record of `tps` is handled (or the handler failed)."""
+        while self._failure is None and any(self._progress[tp].busy for tp in tps if tp in self._progress):
+            self._changed.clear()
+            await self._wait_changed(0.5)
+
+    async def _commit(self, tps: set[TopicPartition]) -> None:
+        offsets = {}
+        for tp in tps:
+            progress = self._progress.get(tp)
+            offset = progress.committable() if progress else None
+            if offset is not None and offset != progress.committed:
+                offsets[tp] = offset
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:  # e.g. a rebalance under way; committed later
+            log.warning("commit of %s failed: %s", offsets, exc)
+            return
+        for tp, offset in offsets.items():
+            self._progress[tp].committed = offset
+        self.counts.commits += 1
+
+    async def _release(self, revoked: set[TopicPartition]) -> None:
+        """Rebalance, before the partitions go: finish what was fetched from them, commit it."""
+        self.counts.rebalances += 1
+        await self._settle(revoked)
+        await self._commit(revoked)
+        for tp in revoked:
+            self._progress.pop(tp, None)
+        self._to_warm -= set(revoked)
+
+    def _take(self, assigned: set[TopicPartition]) -> None:
+        """Rebalance, partitions received: nothing of them is handed out before the fetch loop has
+        remembered the ids of the records before where it starts (see `_warm_up_new`)."""
+        for tp in assigned:
+            self._progress.setdefault(tp, Progress())
+        self._consumer.pause(*assigned)
+        self._to_warm |= set(assigned)
+
+    async def _warm_up_new(self) -> None:
+        tps, self._to_warm = self._to_warm, set()
+        starts = {}
+        for tp in tps:
+            committed = await self._consumer.committed(tp)
+            if committed and self.warmup_records > 0:
+                starts[tp] = (max(0, committed - self.warmup_records), committed)
+        if starts:
+            self.counts.warmed_up += await self._warm_up(starts)
+        self._consumer.resume(*(tps & self._consumer.assignment()))
+
+    async def _warm_up(self, starts: dict[TopicPartition, tuple[int, int]]) -> int:
+        reader = AIOKafkaConsumer(**{**self.client_options, "auto_offset_reset": "earliest"},
+                                  enable_auto_commit=False, isolation_level="read_committed")
+        await reader.start()
+        remembered = 0
+        try:
+            reader.assign(list(starts))
+            for tp, (first, _) in starts.items():
+                reader.seek(tp, first)
+            todo, deadline = set(starts), time.monotonic() + self.warmup_timeout_s
+            while todo and time.monotonic() < deadline:
+                for tp, records in (await reader.getmany(*todo, timeout_ms=500)).items():
+                    for record in records:
+                        if record.offset < starts[tp][1]:
+                            headers = {k: v.decode("utf-8", "replace") for k, v in record.headers}
+                            if "ce_id" in headers:
+                                agent = record.key.decode("utf-8", "replace") if record.key is not None else ""
+                                self.recent.seen(agent, headers["ce_id"], receipt_ms(headers, record.timestamp))
+                                remembered += 1
+                for tp in list(todo):
+                    if await reader.position(tp) >= starts[tp][1]:
+                        todo.discard(tp)
+            if todo:
+                log.warning("warm-up did not reach the committed offsets of %s in time", sorted(todo))
+        finally:
+            await reader.stop()
+        return remembered
