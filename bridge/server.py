@@ -33,9 +33,42 @@ log = logging.getLogger("bridge")
 HEAD_END = b"\r\n\r\n"
 
 
+class CorkedTransport:
+    """A transport whose writes made during one turn of the event loop go out as one write: an
+    answer's head and body (uvicorn writes them separately) become one TLS record and one system
+    call instead of two. Everything else is the wrapped transport's."""
+
+    __slots__ = ("_transport", "_pending", "_loop")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
 def bounded_head_protocol(limit: int) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol, refusing a request head (request line and headers) larger
-    than `limit` bytes with 431 before the parser buffers it whole."""
+    than `limit` bytes with 431 before the parser buffers it whole, and writing through a
+    CorkedTransport."""
     body = orjson.dumps({"message": f"request headers are larger than {limit} bytes", "retcode": BAD_MESSAGE})
     refusal = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: " + CONTENT_TYPE
                + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
@@ -44,6 +77,9 @@ def bounded_head_protocol(limit: int) -> type[HttpToolsProtocol]:
         head_bytes = 0
         tail = b""  # the last bytes of the previous chunk, for a head end split across chunks
         in_head = True
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(CorkedTransport(transport))
 
         def data_received(self, data: bytes) -> None:
             if self.in_head:
