@@ -29,6 +29,7 @@ from . import standins
 from .stack import Stack
 
 TOKEN = "container-test-token"
+IMAGE = "localhost/cc-gateway-bridge:local"  # the name docker-compose.yml gives the bridge's image
 REPLICAS = 2
 SPOOL_SETTING = "BRIDGE_SPOOL_DIR"
 
@@ -104,9 +105,14 @@ def stack(engine, tmp_path_factory) -> Stack:
     prefix = "ccbridge-ctest-"
     remove_leftovers(engine, prefix)
     started = time.monotonic()
-    image = engine.podman("build", "--format", "docker", "--tag", "localhost/cc-gateway-bridge:local",
-                          str(engines.ROOT), timeout=600)
+    previous = standins.image_id(engine.env, IMAGE)
+    image = engine.podman("build", "--format", "docker", "--tag", IMAGE, str(engines.ROOT), timeout=600)
     built = time.monotonic()
+    if previous and previous != standins.image_id(engine.env, IMAGE):
+        # The storage outlives the run: drop the image this build replaced, and build-stage
+        # layers nothing has used for a day (recent ones stay, as the build cache).
+        engine.podman("rmi", previous, check=False)
+        engine.podman("image", "prune", "--force", "--filter", "until=24h", check=False)
     directory = scratch_project(tmp_path_factory.mktemp("compose-project"))
     kafka_port, push_port = free_port(), free_port()
     (directory / "container-test.override.yml").write_text(override(kafka_port, push_port))

@@ -143,6 +143,11 @@ def podman(env: dict[str, str], *args: str, **kwargs) -> subprocess.CompletedPro
     return subprocess.run(["podman", *args], env=env, capture_output=True, text=True, **kwargs)
 
 
+def image_id(env: dict[str, str], name: str) -> str | None:
+    result = podman(env, "image", "inspect", "--format", "{{.Id}}", name)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
 def current(env: dict[str, str], recipe: Recipe, digest: str) -> bool:
     result = podman(env, "image", "inspect", "--format", "{{json .Labels}}", recipe.name)
     return result.returncode == 0 and (json.loads(result.stdout) or {}).get(LABEL) == digest
@@ -180,8 +185,11 @@ def ensure(env: dict[str, str], log=print) -> list[str]:
             if current(env, recipe, digest):
                 continue
             log(f"standins: building {recipe.name} from Debian's packages")
+            previous = image_id(env, recipe.name)
             build(env, recipe, digest)
             built.append(recipe.name)
+            if previous and previous != image_id(env, recipe.name):
+                podman(env, "rmi", previous)  # the superseded stand-in (kept if something still uses it)
     return built
 
 
