@@ -226,10 +226,12 @@ async def test_spool_survives_a_restart_of_its_container(stack: Stack, tmp_path)
     for bridge in holders:
         await asyncio.to_thread(stack.engine.podman, "restart", "--time", "35", bridge)
     await asyncio.to_thread(stack.engine.podman, "start", kafka)
-    await until(lambda: all(stack.metrics(b).get("bridge_spool_entries", 1.0) == 0 for b in holders), 120,
-                "the restarted replicas sending what they spooled")
-    assert all(stack.metrics(b).get("bridge_drained_pushes_total", 0.0) > 0 for b in holders), \
-        "a restarted replica did not take over its spool"
+    bridges = stack.containers("bridge")
+    await until(lambda: all(stack.metrics(b).get("bridge_spool_entries", 1.0) == 0 for b in bridges), 120,
+                "the spools sent to Kafka after the restart")
+    # The restarted processes started their counters again: what they count was read from the volume.
+    drained = sum(stack.metrics(b).get("bridge_drained_pushes_total", 0.0) for b in bridges)
+    assert drained > 0, f"nothing drained after the restart, yet the spools held {spooled}"
     records = await read_topics(stack.kafka_options(), [TOPIC], 120)
     figures = compare(ledger, records)
     assert figures.ok and figures.events_found == figures.events_acked, figures.details()

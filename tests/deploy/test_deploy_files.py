@@ -59,10 +59,11 @@ INSTALL_HINT = "install the test extras: pip install -c constraints.txt -e '.[te
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(config.Settings)}
 SETTING_NAMES = {config.PREFIX + f.name.upper() for f in dataclasses.fields(config.Settings)}
-# Settings the deployment files already give, for a capability that the bridge does not have yet
-# (the outage spool). While the bridge does not know one of them, it is left out of the checks
-# below; once it does, it is checked like any other. Empty this once the capability is merged.
-PENDING_SETTINGS = {"BRIDGE_SPOOL_DIR", "BRIDGE_SPOOL_MAX_BYTES"} - SETTING_NAMES
+# Settings the deployment files already give or name, for capabilities that the bridge does not
+# have yet (the outage spool, quarantine of malformed pushes). While the bridge does not know one
+# of them, it is left out of the checks below; once it does, it is checked like any other. Empty
+# this once those capabilities are merged.
+PENDING_SETTINGS = {"BRIDGE_SPOOL_DIR", "BRIDGE_SPOOL_MAX_BYTES", "BRIDGE_MALFORMED_PUSHES"} - SETTING_NAMES
 SPOOL_DIR = "/var/lib/cc-bridge/spool"
 
 
