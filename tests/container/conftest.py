@@ -13,6 +13,7 @@ networks, volumes) is removed at the end; the base images stay cached in the eng
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -87,17 +88,25 @@ def scratch_project(directory: Path) -> Path:
     return directory
 
 
-def remove_leftovers(engine: engines.Engine, prefix: str) -> None:
-    """Containers, volumes and networks of an earlier run of this test that did not clean up."""
+def remove_leftovers(engine: engines.Engine, prefix: str, older_than_s: float = 1800) -> None:
+    """Containers, volumes and networks of an earlier run of this test that could not clean up
+    (killed mid-run): projects of this test whose containers are all older than a run can last,
+    so that a run going on beside this one is left alone."""
     label = "com.docker.compose.project"
-    listed = engine.podman("ps", "-a", "--format", f'{{{{index .Labels "{label}"}}}}', check=False).stdout.split()
-    for project in {p for p in listed if p.startswith(prefix)}:
+    newest: dict[str, float] = {}
+    for container in json.loads(engine.podman("ps", "-a", "--format", "json").stdout or "[]"):
+        project = (container.get("Labels") or {}).get(label, "")
+        if project.startswith(prefix):
+            newest[project] = max(newest.get(project, 0), container["Created"])
+    for project, created in newest.items():
+        if time.time() - created < older_than_s:
+            continue
         engine.podman("rm", "-f", "-t", "0", "--filter", f"label={label}={project}", check=False)
-    for kind in ("volume", "network"):
-        names = engine.podman(kind, "ls", "--format", "{{.Name}}", check=False).stdout.split()
-        stale = [n for n in names if n.startswith(prefix)]
-        if stale:
-            engine.podman(kind, "rm", "-f", *stale, check=False)
+        for kind in ("volume", "network"):
+            names = engine.podman(kind, "ls", "--filter", f"label={label}={project}", "--format", "{{.Name}}",
+                                  check=False).stdout.split()
+            if names:
+                engine.podman(kind, "rm", "-f", *names, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent / "standins"
 LABEL = "org.cc-gateway-bridge.standin-recipe"
 SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 TRIM = 'rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/* "$1"/usr/share/doc/* "$1"/usr/share/man/*'
+LOCAL_CAS = Path("/usr/local/share/ca-certificates")
 PATH_ENV = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -49,10 +50,13 @@ class Recipe:
     hooks: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
     copy_in: dict[str, Path] = field(default_factory=dict)  # target directory -> local directory
+    inputs: list[Path] = field(default_factory=list)  # other files the hooks read
 
     def digest(self) -> str:
         h = hashlib.sha256(json.dumps([self.name, self.packages, self.hooks, self.changes,
                                        sorted(self.copy_in)]).encode())
+        for path in self.inputs:
+            h.update(path.read_bytes())
         for source in self.copy_in.values():
             for path in sorted(p for p in source.rglob("*") if p.is_file()):
                 h.update(str(path.relative_to(source)).encode())
@@ -90,10 +94,11 @@ def recipes(scratch: Path) -> list[Recipe]:
         ["python3", "python3-pip", "python3-venv", "python-is-python3", "ca-certificates"],
         # Certificate authorities added to this machine (an egress proxy's, for example) go in
         # too, so that `pip install` inside a build reaches the package index as the host does.
-        hooks=['for c in /usr/local/share/ca-certificates/*.crt; do [ -f "$c" ] && cp "$c" "$1"/usr/local/share/ca-certificates/; done; true',
+        hooks=[f'for c in {LOCAL_CAS}/*.crt; do [ -f "$c" ] && cp "$c" "$1"/usr/local/share/ca-certificates/; done; true',
                'chroot "$1" update-ca-certificates >/dev/null',
                'rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED', TRIM],
         changes=[PATH_ENV, "ENV LANG=C.UTF-8", 'CMD ["python3"]'],
+        inputs=sorted(LOCAL_CAS.glob("*.crt")),
     )
     tag = images["kafka"].rsplit(":", 1)[1]
     if tag != kafka_version():

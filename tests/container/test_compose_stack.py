@@ -192,12 +192,18 @@ async def kill_one_with_sigkill(stack: Stack, ledger: Ledger) -> None:
     ledger.mark("restored")
     survivor = next(b for b in bridges if b != victim)
     await asyncio.sleep(5)  # the gateway retries every second
+    # podman does not restart a container it was told to kill (nor does Docker): the victim stays
+    # down until it is started again below, so every retry meanwhile lands on the survivor.
+    state = (await asyncio.to_thread(stack.engine.inspect, victim))["State"]
+    assert not state["Running"] and state["ExitCode"] == 137, f"{victim} after SIGKILL: {state}"
     failed = {e["agent"] for e in ledger.entries if e["kind"] == "fail" and e["t"] >= killed_at}
     assert failed, f"{inflight:.0f} pushes were in flight on {victim}, yet no push failed when it was killed"
     retried = {e["agent"] for e in ledger.entries if e["kind"] == "ack" and e["t"] > killed_at and e["tries"] > 1}
     assert failed <= retried, f"agents whose push failed and was not accepted on retry: {failed - retried}"
     taken = await asyncio.to_thread(accepted_pushes, stack, survivor, killed_at)
     assert failed <= taken, f"retries of {failed - taken} were not accepted by {survivor}"
+    await asyncio.to_thread(stack.engine.podman, "start", victim)
+    await until(lambda: stack.management(victim, "/readyz")[0] == 200, 60, f"{victim} ready again")
 
 
 def busiest(stack: Stack, bridges: list[str]) -> tuple[float, str] | None:
