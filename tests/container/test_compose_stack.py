@@ -192,8 +192,8 @@ async def kill_one_with_sigkill(stack: Stack, ledger: Ledger) -> None:
     ledger.mark("restored")
     survivor = next(b for b in bridges if b != victim)
     await asyncio.sleep(5)  # the gateway retries every second
-    # podman does not restart a container it was told to kill (nor does Docker): the victim stays
-    # down until it is started again below, so every retry meanwhile lands on the survivor.
+    # podman does not apply the restart policy to a container it was told to kill: the victim
+    # stays down until it is started again below, so every retry meanwhile lands on the survivor.
     state = (await asyncio.to_thread(stack.engine.inspect, victim))["State"]
     assert not state["Running"] and state["ExitCode"] == 137, f"{victim} after SIGKILL: {state}"
     failed = {e["agent"] for e in ledger.entries if e["kind"] == "fail" and e["t"] >= killed_at}
