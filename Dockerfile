@@ -33,9 +33,12 @@ LABEL org.opencontainers.image.title="cc-gateway-bridge" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # A fixed numeric id, so that Kubernetes can check runAsNonRoot and file ownership is predictable.
+# The outage spool's mount point (BRIDGE_SPOOL_DIR) belongs to that user: a new volume mounted
+# there takes this owner, so the bridge can write its spool while the root file system is read-only.
 RUN groupadd --system --gid 10001 cc-bridge \
     && useradd --system --uid 10001 --gid cc-bridge --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin cc-bridge
+       --shell /usr/sbin/nologin cc-bridge \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/cc-bridge/spool
 
 COPY --from=build /opt/cc-bridge /opt/cc-bridge
 

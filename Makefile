@@ -7,7 +7,7 @@ TLS := $(LOCAL)/tls
 KAFKA_LOCAL := $(PYTHON) deploy/kafka-local/kafkalocal.py
 KAFKA_CLUSTER := $(PYTHON) deploy/kafka-local/kafkacluster.py
 
-.PHONY: run test unit kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-jars certs venv npm lock clean consume bench fault wallboard
+.PHONY: run test unit kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-jars certs venv npm lock clean consume bench fault wallboard container-test
 
 run: venv certs
 	@deploy/local-run.sh
@@ -17,6 +17,13 @@ test: venv kafka-jars npm
 
 unit: venv npm
 	$(VENV)/bin/pytest tests/unit
+
+# The container test: the image built from the Dockerfile and the compose project (Kafka, two
+# bridge replicas, the load balancer) run in the project's own podman, which it installs from
+# Debian's packages when missing (root only: deploy/containers/setup-engine.sh). Skipped where
+# no engine can be set up, except under CI (the CI variable set), where that is a failure.
+container-test: venv kafka-jars
+	$(VENV)/bin/pytest -m container -s tests/container
 
 # Only the fault drills (also part of `make test`); the long form is python -m bench.faults.
 fault: venv kafka-jars

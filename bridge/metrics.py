@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RISK_THRESHOLDS_S = (30, 60)
+QUARANTINE_REASONS = ("body", "too_large", "content_type", "events")
 
 
 class Metrics:
@@ -49,6 +50,8 @@ class Metrics:
                                     "Agents whose pushes have been failing for longer than `over`.", ["over"],
                                     registry=registry)
         self.ok = self.pushes.labels("0")
+        for reason in QUARANTINE_REASONS:  # exported as 0 from the start, so rate() and alerts see them
+            self.quarantined.labels(reason)
 
     def watch_spool(self, spool: "Spool | None") -> None:
         """Gauges read from the spool at each scrape (all 0 when the bridge runs without one)."""

@@ -59,6 +59,7 @@ INSTALL_HINT = "install the test extras: pip install -c constraints.txt -e '.[te
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(config.Settings)}
 SETTING_NAMES = {config.PREFIX + f.name.upper() for f in dataclasses.fields(config.Settings)}
+SPOOL_DIR = "/var/lib/cc-bridge/spool"
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -362,6 +363,25 @@ def test_compose_bridge_secrets_come_from_files(compose, compose_source, compose
             assert PurePosixPath(word).name in script
 
 
+def test_image_gives_the_spool_directory_to_its_user(dockerfile):
+    """A volume mounted at the spool directory starts with the owner the image gives it."""
+    user = image_user(dockerfile)
+    runs = " ".join(arguments for keyword, arguments in final_stage(dockerfile) if keyword == "RUN")
+    made = re.search(rf"install -d -o {user} -g {user} -m 07[0-7]0 {re.escape(SPOOL_DIR)}(\s|$)", runs)
+    assert made, f"the runtime stage must create {SPOOL_DIR} owned by {user}"
+
+
+def test_compose_replicas_keep_their_spool_on_a_named_volume(compose, compose_source):
+    """The spool outlives containers: a named volume (shared by the replicas, each in a slot of its
+    own), writable while the rest of the root file system is read-only."""
+    bridge_service = compose["services"]["bridge"]
+    assert bridge_service["environment"].get("BRIDGE_SPOOL_DIR") == SPOOL_DIR
+    mounts = [v for v in bridge_service["volumes"] if v["target"] == SPOOL_DIR]
+    assert len(mounts) == 1 and mounts[0]["type"] == "volume" and not mounts[0].get("read_only")
+    assert mounts[0]["source"] in compose_source["volumes"], "a named volume, not an anonymous one"
+    assert bridge_service["read_only"] is True
+
+
 def test_compose_load_balancer_is_the_only_published_push_port(compose, compose_bridge):
     services = compose["services"]
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
@@ -417,7 +437,7 @@ def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
 
 
 def pod_of(objects) -> tuple[dict, dict]:
-    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    pod = one(objects, "StatefulSet")["spec"]["template"]["spec"]
     containers = pod["containers"]
     assert len(containers) == 1
     return pod, containers[0]
@@ -459,7 +479,7 @@ def test_kubernetes_objects_match_schemas(kustomization, version):
 
 def test_base_holds_every_object_but_secrets():
     kinds = Counter(o["kind"] for o in render("base"))
-    assert kinds == Counter({"Deployment": 1, "Service": 2, "HorizontalPodAutoscaler": 1,
+    assert kinds == Counter({"StatefulSet": 1, "Service": 2, "HorizontalPodAutoscaler": 1,
                              "PodDisruptionBudget": 1, "NetworkPolicy": 1, "ConfigMap": 1})
 
 
@@ -467,7 +487,7 @@ def test_settings_are_valid_and_files_come_from_secret_volumes(kustomization, tm
     objects = render(kustomization)
     env = pod_env(objects)
     settings = load_settings({k: ("placeholder-token" if v.startswith("<") else v) for k, v in env.items()},
-                             tmp_path, f"{kustomization} Deployment")
+                             tmp_path, f"{kustomization} StatefulSet")
     assert settings.host == settings.management_host == "0.0.0.0"
     pod, container = pod_of(objects)
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -484,7 +504,7 @@ def test_example_secrets_provide_every_key_the_pod_reads():
     pod, container = pod_of(objects)
 
     def keys(name):
-        assert name in secrets, f"Secret {name} is used by the Deployment but not in the example"
+        assert name in secrets, f"Secret {name} is used by the StatefulSet but not in the example"
         return set(secrets[name].get("stringData", {})) | set(secrets[name].get("data", {}))
 
     for entry in container["env"]:
@@ -557,26 +577,32 @@ def test_configmap_holds_no_secrets_nor_per_replica_values(kustomization):
 
 def test_selectors_match_the_pods(kustomization):
     objects = render(kustomization)
-    labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    labels = one(objects, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
 
     def selects(selector: dict) -> bool:
         return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
-    deployment = one(objects, "Deployment")
-    assert selects(deployment["spec"]["selector"]["matchLabels"])
+    workload = one(objects, "StatefulSet")
+    assert selects(workload["spec"]["selector"]["matchLabels"])
     for service in (o for o in objects if o["kind"] == "Service"):
         assert selects(service["spec"]["selector"]), service["metadata"]["name"]
     assert selects(one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"])
     assert selects(one(objects, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"])
     target = one(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert (target["kind"], target["name"]) == ("StatefulSet", workload["metadata"]["name"])
+    governing = one(objects, "Service", workload["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None", "a StatefulSet's governing Service is headless"
+    assert selects(governing["spec"]["selector"])
 
 
 def test_scaling_and_disruptions_keep_replicas_serving(kustomization):
     objects = render(kustomization)
-    deployment = one(objects, "Deployment")
-    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the replica count"
-    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    workload = one(objects, "StatefulSet")["spec"]
+    assert "replicas" not in workload, "the HorizontalPodAutoscaler owns the replica count"
+    # A StatefulSet replaces one pod at a time, in place: the others must carry the pushes.
+    assert workload["updateStrategy"]["type"] == "RollingUpdate"
+    assert "partition" not in workload["updateStrategy"].get("rollingUpdate", {}), "a partition holds back pods"
+    assert workload["podManagementPolicy"] == "Parallel"
     hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
     assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
     pdb = one(objects, "PodDisruptionBudget")["spec"]
@@ -586,6 +612,24 @@ def test_scaling_and_disruptions_keep_replicas_serving(kustomization):
     for service in push_services:
         ports = {p["targetPort"] for p in service["spec"]["ports"]}
         assert ports == {"push"}, "a load balancer must not expose the management endpoints"
+
+
+def test_each_pod_keeps_its_spool_on_a_volume_of_its_own(kustomization):
+    """BRIDGE_SPOOL_DIR is on the StatefulSet's volumeClaimTemplate, writable, and kept when the
+    StatefulSet shrinks or goes (it may hold pushes already answered "0")."""
+    objects = render(kustomization)
+    workload = one(objects, "StatefulSet")["spec"]
+    pod, container = pod_of(objects)
+    assert pod_env(objects).get("BRIDGE_SPOOL_DIR") == SPOOL_DIR
+    mounts = [m for m in container["volumeMounts"] if m["mountPath"] == SPOOL_DIR]
+    assert len(mounts) == 1 and not mounts[0].get("readOnly")
+    claims = {c["metadata"]["name"]: c for c in workload["volumeClaimTemplates"]}
+    assert mounts[0]["name"] in claims and mounts[0]["name"] not in {v["name"] for v in pod["volumes"]}
+    claim = claims[mounts[0]["name"]]["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"], \
+        "fsGroup makes the volume writable by the bridge's user"
+    assert workload["persistentVolumeClaimRetentionPolicy"] == {"whenScaled": "Retain", "whenDeleted": "Retain"}
 
 
 def test_network_policy_opens_only_what_the_bridge_uses(kustomization):
@@ -619,7 +663,8 @@ def test_every_bridge_variable_named_is_a_setting():
     unknown = set()
     for path in deployment_files():
         for name in re.findall(r"\bBRIDGE_[A-Z0-9_]+", path.read_text()):
-            known = any(s.startswith(name) for s in SETTING_NAMES) if name.endswith("_") else name in SETTING_NAMES
+            known = any(s.startswith(name) for s in SETTING_NAMES) if name.endswith("_") else \
+                name in SETTING_NAMES
             if not known:
                 unknown.add(f"{path.relative_to(ROOT)}: {name}")
     assert not unknown, "not settings of the bridge (it would exit with code 2):\n" + "\n".join(sorted(unknown))

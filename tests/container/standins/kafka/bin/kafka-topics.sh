@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Creates, lists and describes topics: kafka-topics.sh --bootstrap-server HOST:PORT ...
+exec "$(dirname "$0")/kafka-run-class.sh" org.apache.kafka.tools.TopicCommand "$@"

@@ -1,0 +1,249 @@
+"""The compose project under a gateway's load: two bridge replicas behind the load balancer, one
+stopped with SIGTERM and one killed with SIGKILL while pushes flow, and the containers' hardening.
+
+The gateway is bench.simulate's Simulator (signed-in agents pushing one request at a time over
+keep-alive HTTPS, the same body again after a failure); bench.verify reads every record back from
+the project's Kafka and compares it with the simulator's ledger of acknowledged pushes. The
+gateway's retry interval is 1 s here instead of 10 s, to keep the test short.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from bench.simulate import Ledger, SimSettings, Simulator
+from bench.verify import compare, read_committed, read_topics, seen
+
+from .stack import Stack
+
+pytestmark = pytest.mark.container
+
+TOPIC = "cc.agent.events"
+AGENTS = 16
+OK_PUSHES = 'bridge_pushes_total{retcode="0"}'
+SPOOL_DIR = "/var/lib/cc-bridge/spool"
+
+
+def gateway(stack: Stack, ledger: Ledger, **overrides) -> Simulator:
+    settings = dict(url=stack.push_url, agents=AGENTS, duration_s=180.0, cafile=str(stack.tls / "ca.pem"),
+                    token=stack.token, retry_interval_s=1.0, timeout_s=10.0, signout_after_s=90.0,
+                    think_s=(0.2, 0.8), drain_s=40.0)
+    settings.update(overrides)
+    return Simulator(SimSettings(**settings), ledger)
+
+
+async def until(check, timeout: float, what: str):
+    """Poll `check` (a blocking call, run in a thread) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await asyncio.to_thread(check)
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {timeout:.0f}s: {what}")
+        await asyncio.sleep(0.5)
+
+
+# -- the load balancer's log ---------------------------------------------------------------------
+
+def server_of(stack: Stack, ip: str) -> str | None:
+    """The load balancer's server slot that DNS gave `ip` most recently."""
+    slot = None
+    for _, line in stack.lb_log():
+        match = re.search(r"bridges/(\S+) changed its IP from \S+ to ([\d.]+)", line)
+        if match and match.group(2) == ip:
+            slot = match.group(1)
+    return slot
+
+
+def state_changes(stack: Stack, server: str, since: float) -> list[tuple[float, str]]:
+    """(time, "DOWN"|"UP") of `server`'s health changes logged after `since`."""
+    pattern = re.compile(rf"Server bridges/{re.escape(server)}\b.* is (DOWN|UP)\b")
+    return [(t, m.group(1)) for t, line in stack.lb_log() if t >= since and (m := pattern.search(line))]
+
+
+def connections_to(stack: Stack, server: str) -> list[float]:
+    """Accept times (epoch seconds) of the client connections the load balancer sent to `server`
+    (its TCP log: `[accept date] frontend backend/server ...`)."""
+    pattern = re.compile(rf"\[(\d\d/\w{{3}}/\d{{4}}:\d\d:\d\d:\d\d\.\d{{3}})\] push bridges/{re.escape(server)} ")
+    times = []
+    for _, line in stack.lb_log():
+        match = pattern.search(line)
+        if match:
+            accepted = datetime.strptime(match.group(1), "%d/%b/%Y:%H:%M:%S.%f").replace(tzinfo=timezone.utc)
+            times.append(accepted.timestamp())
+    return times
+
+
+def accepted_pushes(stack: Stack, container: str, since: float) -> set[str]:
+    """workNo of every push that `container` logged as accepted after `since`."""
+    agents = set()
+    for line in stack.engine.podman("logs", container).stderr.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("operation") == "pushEvent" and entry.get("retcode") == "0" and \
+                datetime.fromisoformat(entry["time"]).timestamp() >= since:
+            agents.add(entry["workNo"])
+    return agents
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+def test_containers_are_locked_down(stack: Stack):
+    """Non-root, read-only root file system (writable only /tmp and the spool volume), the image's
+    health check passing, and no published port but the load balancer's and Kafka's host port."""
+    bridges = stack.containers("bridge")
+    assert len(bridges) == 2
+    for bridge in bridges:
+        info = stack.engine.inspect(bridge)
+        assert info["Config"]["User"] == "10001:10001"
+        assert stack.exec(bridge, "id", "-u").stdout.strip() == "10001"
+        assert info["HostConfig"]["ReadonlyRootfs"] is True
+        denied = stack.exec(bridge, "touch", "/opt/cc-bridge/probe", check=False)
+        assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+        for writable in ("/tmp", SPOOL_DIR):
+            probe = stack.exec(bridge, "sh", "-c", f"echo x > {writable}/.probe-{bridge} && rm {writable}/.probe-{bridge}",
+                               check=False)
+            assert probe.returncode == 0, f"{bridge}: {writable} is not writable by the bridge: {probe.stderr}"
+        # The image's own health check command, run by the engine, then against a dead port.
+        assert stack.engine.podman("healthcheck", "run", bridge, check=False).returncode == 0
+        test = info["Config"]["Healthcheck"]["Test"]
+        assert test[0] == "CMD"
+        unhealthy = stack.engine.podman("exec", "--env", "BRIDGE_MANAGEMENT_PORT=1", bridge, *test[1:], check=False)
+        assert unhealthy.returncode != 0, "the health check passes against a port where nothing listens"
+        # Exposed for the compose network, published nowhere.
+        assert not any(info["NetworkSettings"]["Ports"].values()), info["NetworkSettings"]["Ports"]
+        assert stack.engine.podman("port", bridge).stdout.strip() == ""
+        assert stack.management(bridge, "/readyz")[0] == 200
+    published = {svc: stack.engine.podman("port", stack.container(svc)).stdout.split("\n")[0] for svc in ("lb", "kafka")}
+    assert published == {"lb": f"8043/tcp -> 127.0.0.1:{stack.push_port}",
+                         "kafka": f"9092/tcp -> 127.0.0.1:{stack.kafka_port}"}
+    assert stack.engine.inspect(stack.container("lb"))["HostConfig"]["ReadonlyRootfs"] is True
+
+
+async def test_pushes_survive_sigterm_and_sigkill_of_replicas(stack: Stack, tmp_path):
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    sim = gateway(stack, ledger)
+    run = asyncio.create_task(sim.run())
+    try:
+        bridges = stack.containers("bridge")
+        await until(lambda: all(stack.metrics(b).get(OK_PUSHES, 0) > 0 for b in bridges), 30,
+                    "both replicas answering pushes through the load balancer")
+        await stop_one_with_sigterm(stack, ledger, bridges[0])
+        await kill_one_with_sigkill(stack, ledger)
+    finally:
+        sim.stop()
+        summary = await run
+        ledger.close()
+    print(summary.line())
+    figures = compare(ledger, await read_topics(stack.kafka_options(), [TOPIC], 120))
+    print(figures.line())
+    assert figures.ok, figures.details()
+    assert figures.pushes_acked == summary.pushes_acked > 100
+    assert summary.signed_out == summary.abandoned == summary.events_unsent == 0
+
+
+async def stop_one_with_sigterm(stack: Stack, ledger: Ledger, victim: str) -> None:
+    """`podman stop`: SIGTERM (the image's STOPSIGNAL), the bridge drains and exits 0; the load
+    balancer marks it DOWN and sends it no connection until it is started again."""
+    server = await asyncio.to_thread(server_of, stack, stack.ip(victim))
+    assert server, f"the load balancer never resolved {victim}"
+    ledger.mark("sigterm")
+    stopped_at = time.time()
+    await asyncio.to_thread(stack.engine.podman, "stop", "--time", "35", victim)
+    state = (await asyncio.to_thread(stack.engine.inspect, victim))["State"]
+    assert state["ExitCode"] == 0, f"{victim} did not stop cleanly on SIGTERM: {state}"
+    changes = await until(lambda: [c for c in state_changes(stack, server, stopped_at) if c[1] == "DOWN"], 30,
+                          f"the load balancer marking {server} ({victim}) DOWN")
+    down_at = changes[0][0]
+    await asyncio.sleep(3)  # pushes keep flowing, to the other replica only
+    accepted = await asyncio.to_thread(connections_to, stack, server)
+    assert any(t <= down_at for t in accepted), f"no connection to {server} in the load balancer's log at all"
+    late = [t for t in accepted if t > down_at]
+    assert not late, f"{len(late)} connections went to {server} after it was marked DOWN"
+    await asyncio.to_thread(stack.engine.podman, "start", victim)
+    await until(lambda: stack.management(victim, "/readyz")[0] == 200, 60, f"{victim} ready again")
+    ledger.mark("restored")
+
+
+async def kill_one_with_sigkill(stack: Stack, ledger: Ledger) -> None:
+    """SIGKILL a replica while it holds pushes: they get no answer, and the gateway's retries are
+    accepted by the other replica. Kafka is paused for a moment so that pushes are in flight."""
+    bridges = stack.containers("bridge")
+    kafka = stack.container("kafka")
+    await until(lambda: all(stack.management(b, "/readyz")[0] == 200 for b in bridges), 60, "both replicas ready")
+    await asyncio.sleep(2)  # let the load balancer's checks find both replicas up
+    await asyncio.to_thread(stack.engine.podman, "pause", kafka)
+    try:
+        inflight, victim = await until(lambda: busiest(stack, bridges), 15, "pushes in flight on a replica")
+        ledger.mark("sigkill")
+        killed_at = time.time()
+        await asyncio.to_thread(stack.engine.podman, "kill", "--signal", "KILL", victim)
+    finally:
+        await asyncio.to_thread(stack.engine.podman, "unpause", kafka)
+    ledger.mark("restored")
+    survivor = next(b for b in bridges if b != victim)
+    await asyncio.sleep(5)  # the gateway retries every second
+    # podman does not apply the restart policy to a container it was told to kill: the victim
+    # stays down until it is started again below, so every retry meanwhile lands on the survivor.
+    state = (await asyncio.to_thread(stack.engine.inspect, victim))["State"]
+    assert not state["Running"] and state["ExitCode"] == 137, f"{victim} after SIGKILL: {state}"
+    failed = {e["agent"] for e in ledger.entries if e["kind"] == "fail" and e["t"] >= killed_at}
+    assert failed, f"{inflight:.0f} pushes were in flight on {victim}, yet no push failed when it was killed"
+    retried = {e["agent"] for e in ledger.entries if e["kind"] == "ack" and e["t"] > killed_at and e["tries"] > 1}
+    assert failed <= retried, f"agents whose push failed and was not accepted on retry: {failed - retried}"
+    taken = await asyncio.to_thread(accepted_pushes, stack, survivor, killed_at)
+    assert failed <= taken, f"retries of {failed - taken} were not accepted by {survivor}"
+    await asyncio.to_thread(stack.engine.podman, "start", victim)
+    await until(lambda: stack.management(victim, "/readyz")[0] == 200, 60, f"{victim} ready again")
+
+
+def busiest(stack: Stack, bridges: list[str]) -> tuple[float, str] | None:
+    counts = [(stack.metrics(b).get("bridge_inflight_pushes", 0.0), b) for b in bridges]
+    best = max(counts)
+    return best if best[0] > 0 else None
+
+
+async def test_spool_survives_a_restart_of_its_container(stack: Stack, tmp_path):
+    """Kafka stopped: pushes are spooled and answered "0"; the bridges that spooled are restarted
+    (their containers, not their volume); Kafka started: every acknowledged event arrives, in order,
+    marked as having gone through the spool."""
+    kafka = stack.container("kafka")
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    await asyncio.to_thread(stack.engine.podman, "stop", "--time", "20", kafka)
+    ledger.mark("kafka-stopped")
+    summary = await gateway(stack, ledger, agents=4, max_pushes=24, duration_s=60.0, drain_s=30.0,
+                            first_work_no=200001).run()
+    ledger.close()
+    assert summary.pushes_acked >= 24 and summary.signed_out == 0, summary.line()
+    spooled = {b: stack.metrics(b).get("bridge_spool_entries", 0.0) for b in stack.containers("bridge")}
+    holders = [b for b, entries in spooled.items() if entries > 0]
+    assert holders, f"Kafka is down and pushes were acknowledged, yet no replica holds a spool: {spooled}"
+    for bridge in holders:
+        await asyncio.to_thread(stack.engine.podman, "restart", "--time", "35", bridge)
+    await asyncio.to_thread(stack.engine.podman, "start", kafka)
+    bridges = stack.containers("bridge")
+    await until(lambda: all(stack.metrics(b).get("bridge_spool_entries", 1.0) == 0 for b in bridges), 120,
+                "the spools sent to Kafka after the restart")
+    # The restarted processes started their counters again: what they count was read from the volume.
+    drained = sum(stack.metrics(b).get("bridge_drained_pushes_total", 0.0) for b in bridges)
+    assert drained > 0, f"nothing drained after the restart, yet the spools held {spooled}"
+    records = await read_topics(stack.kafka_options(), [TOPIC], 120)
+    figures = compare(ledger, records)
+    assert figures.ok and figures.events_found == figures.events_acked, figures.details()
+    raw = await read_committed_since(stack, ledger)
+    assert raw and all(dict(r.headers).get("bridge_spooled") == b"true" for r in raw)
+
+
+async def read_committed_since(stack: Stack, ledger: Ledger) -> list:
+    """The records of the pushes this ledger acknowledged (while Kafka was down)."""
+    acked = {(e["agent"], gen) for e in ledger.of_kind("ack") for gen in e["ids"]}
+    return [r for r in await read_committed(stack.kafka_options(), [TOPIC], 120)
+            if (s := seen(r)).agent is not None and (s.agent, s.gen_time) in acked]
