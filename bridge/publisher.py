@@ -187,13 +187,28 @@ class Publisher:
         self._healthy, self._problem = healthy, problem
         self._metrics.kafka_connected.set(1 if healthy else 0)
 
-    def _batch_failed(self, acks: asyncio.Future) -> None:
-        """Done-callback of a push's acknowledgements: any failed batch means a new producer."""
-        if acks.cancelled():
-            return
-        errors = [r for r in acks.result() if isinstance(r, BaseException)]
-        if errors and not self._reset_wanted:
-            self._want_new_producer(f"Kafka rejected a batch ({type(errors[0]).__name__})")
+    def _acknowledged(self, futures: list[asyncio.Future]) -> asyncio.Future:
+        """One future for all of a push's acknowledgements, failing with the first error. A failed
+        batch asks for a new producer whatever becomes of the push's waiter (which may time out:
+        cancelling this future leaves the producer's own futures alone)."""
+        done = asyncio.get_running_loop().create_future()
+        pending = len(futures)
+
+        def settled(future: asyncio.Future) -> None:
+            nonlocal pending
+            pending -= 1
+            error = None if future.cancelled() else future.exception()
+            if error is not None:
+                if not self._reset_wanted:
+                    self._want_new_producer(f"Kafka rejected a batch ({type(error).__name__})")
+                if not done.done():
+                    done.set_exception(error)
+            elif pending == 0 and not done.done():
+                done.set_result(None)
+
+        for future in futures:
+            future.add_done_callback(settled)
+        return done
 
     def _want_new_producer(self, why: str) -> None:
         log.warning("%s: the producer will be replaced", why)
@@ -237,11 +252,7 @@ class Publisher:
         async with self._locks.hold(r.key for r in records if r.key is not None):
             futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers, partition=p)
                        for r, p in zip(records, partitions)]
-        acks = asyncio.gather(*futures, return_exceptions=True)
-        acks.add_done_callback(self._batch_failed)
-        for result in await asyncio.shield(acks):
-            if isinstance(result, BaseException):
-                raise result
+        await self._acknowledged(futures)
 
     @staticmethod
     def _partitions_of(producer: AIOKafkaProducer, records: list[Record]) -> list[int | None]:
