@@ -22,7 +22,8 @@ import msgpack
 from .metrics import Metrics
 from .publisher import Publisher, PublishError
 from .records import Record
-from .spool import Entry, Spool, SpoolError
+from .frames import Entry
+from .spool import Spool, SpoolError
 
 log = logging.getLogger("bridge.delivery")
 SPOOLED_HEADER = ("bridge_spooled", b"true")

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from bridge import spool as spool_module
-from bridge.spool import HEADER, Damage, Entry, Spool, SpoolError, claim, frame, scan
+from bridge.frames import HEADER, Damage, Entry, frame, scan
+from bridge.spool import Spool, SpoolError, claim
 
 MiB = 1 << 20
 
