@@ -64,6 +64,7 @@ class Publisher:
         self._queue: list[tuple[list[Record], asyncio.Future]] = []
         self._queue_ready = asyncio.Event()
         self._pump: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def problem(self) -> str:
@@ -79,6 +80,9 @@ class Publisher:
 
     async def start(self) -> None:
         """Connect now if Kafka is there; either way keep supervising in the background."""
+        # Kept, so the publishing path never asks asyncio for the running loop: in Python 3.11
+        # each such call is a getpid() system call, and they add up to a fifth of a push's CPU.
+        self._loop = asyncio.get_running_loop()
         await self._connect()
         self._supervisor = asyncio.create_task(self._supervise(), name="kafka-supervisor")
         if self._settings.atomic_pushes:
@@ -191,7 +195,7 @@ class Publisher:
         """One future for all of a push's acknowledgements, failing with the first error. A failed
         batch asks for a new producer whatever becomes of the push's waiter (which may time out:
         cancelling this future leaves the producer's own futures alone)."""
-        done = asyncio.get_running_loop().create_future()
+        done = self._loop.create_future()
         pending = len(futures)
 
         def settled(future: asyncio.Future) -> None:
@@ -230,21 +234,35 @@ class Publisher:
             self._events_default.inc(len(records))
 
     async def _write(self, records: list[Record], timeout: float) -> None:
-        """Write in the configured mode, bounded by `timeout`."""
+        """Write in the configured mode, bounded by `timeout` (asyncio.timeout's logic, with the
+        loop at hand)."""
         if not self.ready:
             raise PublishError(self._problem)
+        loop = self._loop
+        task = asyncio.current_task(loop)
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        deadline = loop.call_later(timeout, expire)
         try:
-            async with asyncio.timeout(timeout):
-                if self._settings.atomic_pushes:
-                    await self._publish_in_transaction(records)
-                else:
-                    await self._publish_idempotent(records)
-        except TimeoutError:
+            if self._settings.atomic_pushes:
+                await self._publish_in_transaction(records)
+            else:
+                await self._publish_idempotent(records)
+        except asyncio.CancelledError:
+            if not expired or task.uncancel() > 0:  # cancelled from outside too: that wins
+                raise
             self._check_now.set()
             raise PublishError(f"Kafka did not acknowledge within {timeout:g} s") from None
         except KafkaError as exc:
             self._check_now.set()
             raise PublishError(f"Kafka refused the events: {type(exc).__name__}") from None
+        finally:
+            deadline.cancel()
 
     async def _publish_idempotent(self, records: list[Record]) -> None:
         producer = self._producer
