@@ -94,3 +94,29 @@ def test_ledger_round_trips_through_its_file(tmp_path):
     loaded = Ledger.load(path)
     assert [e["kind"] for e in loaded.entries] == ["ack", "mark"]
     assert loaded.entries[0]["ids"] == [1, 2]
+
+
+def test_what_the_agents_noticed_of_a_fault():
+    ledger = Ledger()
+    ledger.entries = [
+        {"kind": "ack", "t": 100.0, "agent": "1", "ids": [1]},
+        {"kind": "mark", "t": 101.0, "name": "fault"},
+        {"kind": "ack", "t": 101.5, "agent": "2", "ids": [1]},
+        {"kind": "fail", "t": 106.0, "agent": "1", "why": "http503:100-007"},
+        {"kind": "fail", "t": 111.0, "agent": "1", "why": "timeout"},
+        {"kind": "fail", "t": 107.0, "agent": "3", "why": "timeout"},
+        {"kind": "ack", "t": 109.5, "agent": "2", "ids": [2]},                 # 8 s without any "0"
+        {"kind": "ack", "t": 112.0, "agent": "1", "ids": [2], "failing_s": 11.0},
+        {"kind": "signout", "t": 130.0, "agent": "3", "failing_s": 28.0},
+        {"kind": "abandon", "t": 131.0, "agent": "4", "failing_s": 3.0},
+    ]
+    figures = compare(ledger, records(("1", 1), ("2", 1), ("2", 2), ("1", 2)))
+    assert figures.agents_failed == 2
+    assert figures.longest_failure_s == 28.0
+    assert figures.longest_gap_s == 8.0
+    assert figures.signed_out == 1
+
+
+def test_no_fault_mark_no_gap_and_no_failures():
+    figures = compare(ledger_of(("1", [10])), records(("1", 10)))
+    assert (figures.agents_failed, figures.longest_failure_s, figures.longest_gap_s) == (0, 0.0, None)
