@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from bench.faults import SCENARIOS, DrillSettings, run_drill
+from bench.faults import BROKER_SCENARIOS, DrillSettings, run_drill
 
 pytestmark = pytest.mark.fault
 
@@ -23,7 +23,7 @@ SHORT = DrillSettings(agents=50, duration_s=14.0, fault_at=0.3, after_s=6.0, ret
                       drain_s=30.0, pause_s=8.0, outage_s=10.0, partitions=6, bridge_env=EXTRA_ENV)
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", BROKER_SCENARIOS)
 async def test_no_acknowledged_event_is_lost_or_reordered(scenario, drill_broker, tls_dir, tmp_path):
     result = await run_drill(scenario, drill_broker, tls_dir, tmp_path, SHORT)
     print(result.line())
