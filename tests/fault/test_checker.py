@@ -2,8 +2,10 @@
 are out of order, and must not fail for what a correct bridge produces (retries, duplicates)."""
 from __future__ import annotations
 
+import pytest
+
 from bench.simulate import Ledger
-from bench.verify import RESTORED, Seen, compare
+from bench.verify import RESTORED, Seen, client_options, compare, parse_args
 
 
 def ledger_of(*pushes: tuple[str, list[int]]) -> Ledger:
@@ -120,3 +122,28 @@ def test_what_the_agents_noticed_of_a_fault():
 def test_no_fault_mark_no_gap_and_no_failures():
     figures = compare(ledger_of(("1", [10])), records(("1", 10)))
     assert (figures.agents_failed, figures.longest_failure_s, figures.longest_gap_s) == (0, 0.0, None)
+
+
+def checker_args(*extra: str):
+    return parse_args(["--ledger", "l.jsonl", "--topics", "t", *extra])
+
+
+def test_the_checker_logs_in_with_sasl_from_a_password_file(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    options = client_options(checker_args("--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism",
+                                          "SCRAM-SHA-256", "--sasl-username", "bridge", "--sasl-password-file",
+                                          str(secret)))
+    assert (options["sasl_mechanism"], options["sasl_plain_username"], options["sasl_plain_password"]) == (
+        "SCRAM-SHA-256", "bridge", "s3cret")
+    assert "ssl_context" not in options
+
+
+def test_the_checker_refuses_inconsistent_sasl_flags():
+    for flags in (["--sasl-username", "bridge"],  # SSL by default: no SASL
+                  ["--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN", "--sasl-username", "u"],
+                  ["--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN", "--sasl-username", "u",
+                   "--sasl-password", "p", "--sasl-password-file", "f"],
+                  ["--security-protocol", "SASL_SSL", "--sasl-password", "p"]):
+        with pytest.raises(SystemExit):
+            client_options(checker_args(*flags))
