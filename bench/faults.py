@@ -125,6 +125,8 @@ async def inject_cluster(scenario: str, cluster: Cluster, settings: DrillSetting
             await run(cluster.start_node, node)
             log(f"[{scenario}] node {node} back, in sync after {await cluster.wait_in_sync():.1f} s more")
         return
+    if controller is None:
+        raise RuntimeError("the cluster has no active controller before the fault")
     if scenario == "leader-kill":
         leaders = list((await cluster.leaders(topic)).values())
         victims = [max((n for n in cluster.nodes if n != controller), key=leaders.count)]
@@ -135,9 +137,14 @@ async def inject_cluster(scenario: str, cluster: Cluster, settings: DrillSetting
         victims, down_s = [controller, next(n for n in cluster.nodes if n != controller)], settings.outage_s
     leading = sum(1 for leader in (await cluster.leaders(topic)).values() if leader in victims)
     log(f"[{scenario}] kill -9 node(s) {victims} (controller {controller}, {leading} of the topic's partitions led)")
+    killed = time.monotonic()
     for node in victims:
         await run(cluster.kill_node, node)
-    await asyncio.sleep(down_s)
+    if scenario == "controller-kill":  # the quorum elects another leader: proof the right node went
+        await until(lambda: cluster.controller() not in (None, controller), max(down_s, 20.0),
+                    f"node {controller} was killed but no other node took over as controller")
+        log(f"[{scenario}] node {cluster.controller()} leads the quorum {time.monotonic() - killed:.1f} s after the kill")
+    await asyncio.sleep(max(0.0, killed + down_s - time.monotonic()))
     for node in victims:
         await run(cluster.start_node, node)
     log(f"[{scenario}] node(s) back, in sync after {await cluster.wait_in_sync():.1f} s more")
