@@ -65,7 +65,7 @@ kafka: certs
 kafka-stop:
 	@$(KAFKA_LOCAL) stop --home $(LOCAL)/kafka
 
-# Three brokers (RF 3, min ISR 2) on ports 19092-19126; see deploy/kafka-local/kafkacluster.py.
+# Three brokers (RF 3, min ISR 2) on ports 19092-19116; see deploy/kafka-local/kafkacluster.py.
 kafka-cluster: certs
 	@$(KAFKA_CLUSTER) start --home $(LOCAL)/kafka-cluster --tls-dir $(TLS)
 

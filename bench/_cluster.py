@@ -25,9 +25,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LOCAL = ROOT / "deploy" / "kafka-local"
@@ -264,16 +265,24 @@ class Cluster:
         return self._kc.controller(self.home)
 
     async def partitions(self, topics: list[str] | None = None) -> list[dict]:
-        """Partition metadata (`topic`, `partition`, `leader`, `replicas`, `isr`) as a live node
-        sees it; every topic when `topics` is None."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.address("PLAINTEXT", self.running()),
-                                    request_timeout_ms=5000)
-        await admin.start()
+        """Partition metadata (`topic`, `partition`, `leader`, `replicas`, `isr`) as a running node
+        sees it (every topic when `topics` is None). Asked of a node known to run: a killed node
+        stays in the cluster's metadata until the controller fences it."""
+        running = self.running()
+        client = AIOKafkaClient(bootstrap_servers=self.address("PLAINTEXT", running), request_timeout_ms=5000)
         try:
-            described = await admin.describe_topics(topics)
+            await client.bootstrap()
+            for node in running:
+                try:
+                    response = await client.send(node, MetadataRequest(topics))
+                    break
+                except (KafkaError, OSError, TimeoutError):
+                    continue
+            else:
+                raise KafkaError(f"no running node answered a metadata request (running: {running})")
         finally:
-            await admin.close()
-        return [{"topic": t["topic"], **p} for t in described for p in t["partitions"]]
+            await client.close()
+        return [{"topic": t["topic"], **p} for t in response.to_object()["topics"] for p in t["partitions"]]
 
     async def leaders(self, topic: str) -> dict[int, int]:
         """partition -> node leading it (-1: none)."""

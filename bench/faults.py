@@ -1,25 +1,34 @@
-"""Fault drills: kill, stop and freeze the real broker and bridge under sustained gateway load.
+"""Fault drills: kill, stop and freeze real brokers and bridges under sustained gateway load.
 
-Each scenario gets a fresh topic and bridge process on one shared local broker. The simulator
+Each scenario gets a fresh topic and bridge process, on one shared single-node broker or on one
+shared three-node cluster (replication factor 3, min.insync.replicas 2). The simulator
 (bench.simulate) pushes for `duration_s` seconds; at `fault_at` of that time the fault is
 injected; load continues for at least `after_s` once the fault is over; the simulator's queues are
 drained; then bench.verify reads the topic back and the figures line is printed. A scenario fails
 when an acknowledged event is missing from Kafka or an agent's events are out of order.
 
-Scenarios:
-  broker-kill    kill -9 the broker, restart it at once (its data directory is kept)
-  bridge-kill    kill -9 the bridge, restart it at once
-  bridge-term    SIGTERM the bridge (graceful shutdown), restart it when it has exited
-  broker-pause   SIGSTOP the broker JVM for `pause_s` (longer than the bridge's publish bound), SIGCONT
-  broker-outage  kill -9 the broker and restart it after `outage_s`
-  long-outage    the bridge with its outage spool; the broker dead for `long_outage_s`, longer than
-                 the gateway's 120 s sign-out window, then back: no push may fail, the spool drains
-  two-replicas   like long-outage, with two bridges (a spool each) behind a local HAProxy, so one
-                 agent's pushes land on both; reports reorders as consumers see them and after
-                 ordering each agent's records by receipt time (ce_time)
+Single broker:
+  broker-kill      kill -9 the broker, restart it at once (its data directory is kept)
+  bridge-kill      kill -9 the bridge, restart it at once
+  bridge-term      SIGTERM the bridge (graceful shutdown), restart it when it has exited
+  broker-pause     SIGSTOP the broker JVM for `pause_s` (longer than the bridge's publish bound), SIGCONT
+  broker-outage    kill -9 the broker and restart it after `outage_s`
+  long-outage      the bridge with its outage spool; the broker dead for `long_outage_s`, longer than
+                   the gateway's 120 s sign-out window, then back: no push may fail, the spool drains
+  two-replicas     like long-outage, with two bridges (a spool each) behind a local HAProxy, so one
+                   agent's pushes land on both; reports reorders as consumers see them and after
+                   ordering each agent's records by receipt time (ce_time)
+Three-node cluster, the bridge with its outage spool as deployed (each ends once every partition
+has all its replicas in sync again):
+  leader-kill      kill -9 a broker leading partitions of the topic (not the active controller),
+                   restart it after `node_down_s`
+  controller-kill  kill -9 the active controller (it leads partitions too), restart it after `node_down_s`
+  rolling-restart  SIGTERM each node in turn, restart it, wait for the replicas to catch up
+  quorum-loss      kill -9 two of three nodes (no controller quorum, no min ISR), restart them after `outage_s`
 
     python -m bench.faults --agents 500 --duration 300
     python -m bench.faults --agents 200 --duration 40 --retry-interval 1 --scenarios broker-kill,bridge-kill
+    python -m bench.faults --agents 300 --duration 90 --scenarios cluster
 
 The simulator's ledger records "fault" and "restored" marks; the recovery figure is the time from
 "restored" to the first push answered "0" after it.
@@ -38,13 +47,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from ._cluster import TOKEN, Broker, BridgeProcess, LoadBalancer, make_tls
+from ._cluster import TOKEN, Broker, BridgeProcess, Cluster, LoadBalancer, make_tls
 from .simulate import Ledger, SimSettings, Simulator, Summary, pair
 from .verify import RESTORED, Figures, Seen, compare, read_topics
 
-SCENARIOS = ("broker-kill", "bridge-kill", "bridge-term", "broker-pause", "broker-outage", "long-outage",
-             "two-replicas")
-SPOOLED = ("long-outage", "two-replicas")  # scenarios whose bridges run with the outage spool
+BROKER_SCENARIOS = ("broker-kill", "bridge-kill", "bridge-term", "broker-pause", "broker-outage", "long-outage",
+                    "two-replicas")
+CLUSTER_SCENARIOS = ("leader-kill", "controller-kill", "rolling-restart", "quorum-loss")
+SCENARIOS = BROKER_SCENARIOS + CLUSTER_SCENARIOS
+SPOOLED = ("long-outage", "two-replicas", *CLUSTER_SCENARIOS)  # bridges with the outage spool
 DRAIN_TIMEOUT_S = 300.0
 FIRST_ACK_TIMEOUT_S = 60.0
 
@@ -61,8 +72,9 @@ class DrillSettings:
     think_s: tuple[float, float] = (0.5, 2.5)
     drain_s: float = 30.0
     pause_s: float = 8.0              # broker-pause: how long the JVM stays frozen
-    outage_s: float = 12.0            # broker-outage: how long the broker stays dead
+    outage_s: float = 12.0            # broker-outage, quorum-loss: how long the brokers stay dead
     long_outage_s: float = 130.0      # long-outage, two-replicas: longer than the sign-out window
+    node_down_s: float = 10.0         # leader-kill, controller-kill: how long the node stays dead
     partitions: int = 6
     bridge_env: dict[str, str] = field(default_factory=dict)
 
@@ -81,8 +93,9 @@ class DrillResult:
 
     @property
     def ok(self) -> bool:
-        """Nothing acknowledged lost or reordered; with a spool, also no push failed and nobody was
-        signed out. Across two replicas the order is judged as a consumer restores it (by ce_time)."""
+        """Nothing acknowledged lost or reordered; with a spool, also no push failed (none can while
+        a push can be kept somewhere) and nobody was signed out. Across two replicas the order is
+        judged as a consumer restores it (by ce_time)."""
         f = self.figures
         if self.scenario == "two-replicas":
             return f.lost == 0 and f.restored_order_violations == 0 and f.signed_out == 0
@@ -95,13 +108,16 @@ class DrillResult:
                 f"{self.figures.line()}")
 
 
-async def inject(scenario: str, broker: Broker, bridge: BridgeProcess, settings: DrillSettings) -> None:
+async def inject(scenario: str, kafka: Broker | Cluster, bridge: BridgeProcess, settings: DrillSettings,
+                 topic: str, log: Callable[[str], None] = print) -> None:
     """The fault itself; returns once the broken piece is back. Blocking steps run in threads so
     the simulator's event loop keeps pushing (and keeps answering TLS closes) meanwhile."""
     run = asyncio.to_thread
-    if scenario == "broker-kill":
-        await run(broker.kill)
-        await run(broker.start)
+    if scenario in CLUSTER_SCENARIOS:
+        await inject_cluster(scenario, kafka, settings, topic, log)
+    elif scenario == "broker-kill":
+        await run(kafka.kill)
+        await run(kafka.start)
     elif scenario == "bridge-kill":
         await run(bridge.kill)
         await run(bridge.start)
@@ -109,32 +125,69 @@ async def inject(scenario: str, broker: Broker, bridge: BridgeProcess, settings:
         await run(bridge.stop, signal.SIGTERM)
         await run(bridge.start)
     elif scenario == "broker-pause":
-        await run(broker.pause)
+        await run(kafka.pause)
         try:
             await asyncio.sleep(settings.pause_s)
         finally:
-            await run(broker.resume)
-    elif scenario in ("broker-outage", *SPOOLED):
-        await run(broker.kill)
+            await run(kafka.resume)
+    elif scenario in ("broker-outage", "long-outage", "two-replicas"):
+        await run(kafka.kill)
         await asyncio.sleep(settings.outage_s if scenario == "broker-outage" else settings.long_outage_s)
-        await run(broker.start)
+        await run(kafka.start)
     else:
         raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
 
 
-def bridge_env(broker: Broker, topic: str, settings: DrillSettings) -> dict[str, str]:
-    return {**broker.bridge_env(), "BRIDGE_TOPIC": topic, "BRIDGE_SERVICE_TOKENS": TOKEN,
+async def inject_cluster(scenario: str, cluster: Cluster, settings: DrillSettings, topic: str,
+                         log: Callable[[str], None]) -> None:
+    run = asyncio.to_thread
+    controller = cluster.controller()
+    if scenario == "rolling-restart":
+        for node in cluster.nodes:
+            await run(cluster.stop_node, node)
+            await run(cluster.start_node, node)
+            log(f"[{scenario}] node {node} back, in sync after {await cluster.wait_in_sync():.1f} s more")
+        return
+    if controller is None:
+        raise RuntimeError("the cluster has no active controller before the fault")
+    if scenario == "leader-kill":
+        leaders = list((await cluster.leaders(topic)).values())
+        victims = [max((n for n in cluster.nodes if n != controller), key=leaders.count)]
+        down_s = settings.node_down_s
+    elif scenario == "controller-kill":
+        victims, down_s = [controller], settings.node_down_s
+    else:  # quorum-loss: the controller and one more
+        victims, down_s = [controller, next(n for n in cluster.nodes if n != controller)], settings.outage_s
+    leading = sum(1 for leader in (await cluster.leaders(topic)).values() if leader in victims)
+    log(f"[{scenario}] kill -9 node(s) {victims} (controller {controller}, {leading} of the topic's partitions led)")
+    killed = time.monotonic()
+    for node in victims:
+        await run(cluster.kill_node, node)
+    if scenario == "controller-kill":  # the quorum elects another leader: proof the right node went
+        await until(lambda: cluster.controller() not in (None, controller), max(down_s, 20.0),
+                    f"node {controller} was killed but no other node took over as controller")
+        log(f"[{scenario}] node {cluster.controller()} leads the quorum {time.monotonic() - killed:.1f} s after the kill")
+    await asyncio.sleep(max(0.0, killed + down_s - time.monotonic()))
+    for node in victims:
+        await run(cluster.start_node, node)
+    log(f"[{scenario}] node(s) back, in sync after {await cluster.wait_in_sync():.1f} s more")
+
+
+def bridge_env(kafka: Broker | Cluster, topic: str, settings: DrillSettings) -> dict[str, str]:
+    return {**kafka.bridge_env(), "BRIDGE_TOPIC": topic, "BRIDGE_SERVICE_TOKENS": TOKEN,
             "BRIDGE_CREATE_TOPICS": "true", "BRIDGE_TOPIC_PARTITIONS": str(settings.partitions),
             "BRIDGE_LOG_LEVEL": "warning", **settings.bridge_env}
 
 
-async def run_drill(scenario: str, broker: Broker, tls: Path, workdir: Path, settings: DrillSettings,
+async def run_drill(scenario: str, kafka: Broker | Cluster, tls: Path, workdir: Path, settings: DrillSettings,
                     log: Callable[[str], None] = print) -> DrillResult:
-    """One scenario against `broker` (running, left running) with bridges of its own."""
+    """One scenario against `kafka` (running, left running) with bridges of its own."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+    if (scenario in CLUSTER_SCENARIOS) != isinstance(kafka, Cluster):
+        raise ValueError(f"{scenario} runs against a {'cluster' if scenario in CLUSTER_SCENARIOS else 'single broker'}")
     topic = f"drill.{scenario}.{uuid.uuid4().hex[:8]}"
-    env = bridge_env(broker, topic, settings)
+    env = bridge_env(kafka, topic, settings)
     bridges = [BridgeProcess({**env, "BRIDGE_SPOOL_DIR": str(workdir / f"spool-{topic}-{n}")}
                              if scenario in SPOOLED else env, tls, workdir)
                for n in range(2 if scenario == "two-replicas" else 1)]
@@ -144,10 +197,12 @@ async def run_drill(scenario: str, broker: Broker, tls: Path, workdir: Path, set
     if balancer is not None:
         await asyncio.to_thread(balancer.start)
     ledger = Ledger(workdir / f"ledger-{scenario}.jsonl")
+    bound = (settings.duration_s + settings.outage_s + settings.long_outage_s + settings.pause_s
+             + 3 * settings.node_down_s + 300)
     simulator = Simulator(SimSettings(
         url=(balancer or bridges[0]).url, agents=settings.agents, cafile=str(tls / "ca.pem"), token=TOKEN,
-        duration_s=settings.duration_s + settings.outage_s + settings.long_outage_s + settings.pause_s + 120,
-        retry_interval_s=settings.retry_interval_s, timeout_s=settings.timeout_s,  # (a bound; stop() ends it)
+        duration_s=bound,  # a bound; stop() ends it
+        retry_interval_s=settings.retry_interval_s, timeout_s=settings.timeout_s,
         signout_after_s=settings.signout_after_s, think_s=settings.think_s, drain_s=settings.drain_s,
     ), ledger)
     load = asyncio.create_task(simulator.run(), name=f"gateway-{scenario}")
@@ -160,7 +215,7 @@ async def run_drill(scenario: str, broker: Broker, tls: Path, workdir: Path, set
             f"{simulator.pushes_acked} pushes acknowledged so far")
         ledger.mark("fault")
         fault_started = time.monotonic()
-        await inject(scenario, broker, bridges[0], settings)
+        await inject(scenario, kafka, bridges[0], settings, topic, log)
         fault_s = time.monotonic() - fault_started
         ledger.mark(RESTORED)
         log(f"[{scenario}] restored after {fault_s:.1f} s")
@@ -169,8 +224,7 @@ async def run_drill(scenario: str, broker: Broker, tls: Path, workdir: Path, set
         simulator.stop()
         summary = await load
         if scenario in SPOOLED:
-            drained_s = await until_drained(bridges)
-            log(f"[{scenario}] spools empty {drained_s:.1f} s after the load ended")
+            log(f"[{scenario}] spools empty {await until_drained(bridges):.1f} s after the load ended")
     finally:
         if not load.done():
             load.cancel()
@@ -181,7 +235,7 @@ async def run_drill(scenario: str, broker: Broker, tls: Path, workdir: Path, set
         for bridge in bridges:
             await asyncio.to_thread(bridge.stop)
     log(f"[{scenario}] gateway: {summary.line()}")
-    records = await read_topics(broker.client_options(), [topic])
+    records = await read_topics(kafka.client_options(), [topic])
     figures = compare(ledger, records)
     if scenario == "two-replicas":
         figures.restored_order_violations = compare(ledger, sorted(records, key=receipt_order)).order_violations
@@ -200,7 +254,7 @@ async def until_drained(bridges: list[BridgeProcess], timeout_s: float = DRAIN_T
         while (await asyncio.to_thread(bridge.readiness)).get("mode") != "direct":
             if time.monotonic() - started > timeout_s:
                 raise RuntimeError(f"spool of {bridge.url} not drained within {timeout_s:.0f} s: "
-                                   f"{bridge.readiness()}")
+                                   f"{await asyncio.to_thread(bridge.readiness)}")
             await asyncio.sleep(0.5)
     return time.monotonic() - started
 
@@ -223,10 +277,11 @@ async def sleep_or_end(task: Awaitable, seconds: float) -> None:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DrillSettings]:
     parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n\n")[0],
-                                     epilog="Scenarios: " + ", ".join(SCENARIOS))
+                                     epilog="Scenarios: " + ", ".join(SCENARIOS) + "; or the groups broker, "
+                                            "cluster, all")
     parser.add_argument("--agents", type=int, default=500)
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of load per scenario")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", default="broker", help="comma-separated scenarios or groups")
     parser.add_argument("--fault-at", type=float, default=0.3, help="fraction of --duration before the fault")
     parser.add_argument("--after", type=float, default=30.0, help="at least this many seconds of load after the fault")
     parser.add_argument("--retry-interval", type=float, default=10.0, help="the gateway's retry interval (s)")
@@ -235,9 +290,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DrillSetting
     parser.add_argument("--think", type=pair, default=(0.5, 2.5), help="MIN,MAX seconds between an agent's bursts")
     parser.add_argument("--drain", type=float, default=60.0, help="seconds to push queued events after the load")
     parser.add_argument("--pause", type=float, default=8.0, help="broker-pause: seconds the broker stays frozen")
-    parser.add_argument("--outage", type=float, default=45.0, help="broker-outage: seconds the broker stays dead")
+    parser.add_argument("--outage", type=float, default=45.0,
+                        help="broker-outage, quorum-loss: seconds the broker(s) stay dead")
     parser.add_argument("--long-outage", type=float, default=600.0,
                         help="long-outage, two-replicas: seconds the broker stays dead")
+    parser.add_argument("--node-down", type=float, default=30.0,
+                        help="leader-kill, controller-kill: seconds the killed node stays dead")
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--bridge-env", action="append", default=[], metavar="BRIDGE_X=VALUE",
                         help="extra bridge setting, e.g. BRIDGE_ATOMIC_PUSHES=true (repeatable)")
@@ -249,31 +307,57 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DrillSetting
                              after_s=args.after, retry_interval_s=args.retry_interval, timeout_s=args.timeout,
                              signout_after_s=args.signout_after, think_s=args.think, drain_s=args.drain,
                              pause_s=args.pause, outage_s=args.outage, long_outage_s=args.long_outage,
-                             partitions=args.partitions,
-                             bridge_env=extra)
+                             node_down_s=args.node_down,
+                             partitions=args.partitions, bridge_env=extra)
     return args, settings
 
 
+def expand(names: str) -> list[str]:
+    groups = {"broker": BROKER_SCENARIOS, "cluster": CLUSTER_SCENARIOS, "all": SCENARIOS}
+    return [s for name in names.split(",") if name.strip() for s in groups.get(name.strip(), (name.strip(),))]
+
+
 async def drills(scenarios: list[str], workdir: Path, settings: DrillSettings) -> list[DrillResult]:
+    """Each scenario in turn, on a single broker or a three-node cluster started for them here."""
     tls = make_tls(workdir / "tls")
-    broker = Broker(workdir / "kafka", tls)
-    await asyncio.to_thread(broker.start)
+    broker = Broker(workdir / "kafka", tls) if set(scenarios) & set(BROKER_SCENARIOS) else None
+    cluster = Cluster(workdir / "kafka-cluster", tls) if set(scenarios) & set(CLUSTER_SCENARIOS) else None
     results = []
     try:
+        for kafka in (broker, cluster):
+            if kafka is not None:
+                started = time.monotonic()
+                await asyncio.to_thread(kafka.start)
+                print(f"{type(kafka).__name__.lower()} started in {time.monotonic() - started:.1f} s", flush=True)
         for scenario in scenarios:
-            result = await run_drill(scenario, broker, tls, workdir, settings)
+            kafka = cluster if scenario in CLUSTER_SCENARIOS else broker
+            result = await run_drill(scenario, kafka, tls, workdir, settings)
             print(result.line(), flush=True)
             if not result.ok:
                 print(result.figures.details(), flush=True)
             results.append(result)
     finally:
-        await asyncio.to_thread(broker.kill)
+        for kafka in (broker, cluster):
+            if kafka is not None:
+                await asyncio.to_thread(kafka.kill)
     return results
+
+
+def summary_line(result: DrillResult) -> str:
+    f = result.figures
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+    return (f"  {'PASS' if result.ok else 'FAIL'} {result.scenario:<15} acked={f.events_acked} lost={f.lost} "
+            f"order_violations={f.order_violations} duplicates={f.duplicates} agents_failed={f.agents_failed}/"
+            f"{result.summary.agents} longest_failure_s={f.longest_failure_s:.1f} "
+            f"longest_gap_s={seconds(f.longest_gap_s)} signed_out={f.signed_out} recovery_s={seconds(f.recovery_s)}"
+            + ("" if f.restored_order_violations is None else
+               f" order_violations_by_ce_time={f.restored_order_violations}"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args, settings = parse_args(argv)
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    scenarios = expand(args.scenarios)
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         print(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
@@ -289,10 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         passed = len(results) == len(scenarios) and all(r.ok for r in results)
         print("summary:")
         for r in results:
-            f = r.figures
-            print(f"  {'PASS' if r.ok else 'FAIL'} {r.scenario:<14} acked={f.events_acked} lost={f.lost} "
-                  f"order_violations={f.order_violations} duplicates={f.duplicates} signed_out={f.signed_out} "
-                  f"recovery_s={'-' if f.recovery_s is None else f'{f.recovery_s:.1f}'}")
+            print(summary_line(r))
         for scenario in scenarios[len(results):]:
             print(f"  NOT RUN {scenario}")
         if passed and args.workdir is None:

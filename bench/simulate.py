@@ -66,10 +66,12 @@ class SimSettings:
 class Ledger:
     """What happened to the pushes, in order, with wall-clock times (epoch seconds).
 
-    Entries: {"kind": "ack", "t", "agent", "ids": [eventGenTime, ...], "tries", "latency"}
+    Entries: {"kind": "ack", "t", "agent", "ids": [eventGenTime, ...], "tries", "latency"[, "failing_s"]}
              {"kind": "fail", "t", "agent", "why"}
-             {"kind": "signout", "t", "agent"}
+             {"kind": "signout" | "abandon", "t", "agent", "failing_s"}
              {"kind": "mark", "t", "name"}        (set by whoever injects faults)
+    `failing_s`: how long the agent's pushes had been failing when this entry ended the run of
+    failures (from sending the first failed attempt); "abandon": still retrying when time was up.
     Kept in memory and, with a path, also appended to a JSONL file as they happen.
     """
 
@@ -302,12 +304,12 @@ class Simulator:
             why = await self._post(session, body, agent.current_guid(sent, s.node, s.guid_rotation_s))
             answered = time.time()
             if why is None:
-                agent.failing_since = None
                 self._pushes_acked += 1
                 self._events_acked += len(events)
                 self._latencies.append(answered - sent)
                 self.ledger.add("ack", agent=agent.work_no, ids=[e["eventGenTime"] for e in events], tries=tries,
-                                latency=round(answered - sent, 4))
+                                latency=round(answered - sent, 4), **self._failing(agent, answered))
+                agent.failing_since = None
                 if s.max_pushes is not None and self._pushes_acked >= s.max_pushes:
                     self.stop()
                 return True
@@ -317,12 +319,18 @@ class Simulator:
                 agent.failing_since = sent
             if answered - agent.failing_since >= s.signout_after_s:
                 self._signed_out += 1
-                self.ledger.add("signout", agent=agent.work_no)
+                self.ledger.add("signout", agent=agent.work_no, **self._failing(agent, answered))
                 return False
             if answered + s.retry_interval_s >= self._drain_deadline():
                 self._abandoned += 1
+                self.ledger.add("abandon", agent=agent.work_no, **self._failing(agent, answered))
                 return False
             await asyncio.sleep(s.retry_interval_s)
+
+    @staticmethod
+    def _failing(agent: Agent, now: float) -> dict[str, float]:
+        """How long the agent's pushes have been failing: from sending the first failed attempt."""
+        return {} if agent.failing_since is None else {"failing_s": round(now - agent.failing_since, 3)}
 
     async def _post(self, session: aiohttp.ClientSession, body: bytes, guid: str) -> str | None:
         """None when the push was accepted ("0"), otherwise why it failed, in a few words."""

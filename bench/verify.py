@@ -9,6 +9,12 @@ partition in offset order, and compares with the ledger written by bench.simulat
 - duplicates: records whose ce_id was already seen (expected after retries; informational).
 - recovery: seconds from the last "restored" mark in the ledger (broker or bridge back) to the
   first push answered "0" after it.
+- agents_failed: agents that saw at least one failed push (what the gateway notices).
+- longest_failure_s: the longest run of failures one agent went through, from sending the first
+  failed attempt to the "0" (or sign-out, or giving up at the end) that ended it: how long that
+  agent's events waited at the gateway.
+- longest_gap_s: from the "fault" mark on, the longest time in which no push of any agent was
+  answered "0" (the whole load stalled), including the stretch from the mark to the first "0".
 
     python -m bench.verify --ledger run.jsonl --topics cc.agent.events --bootstrap 127.0.0.1:9093 \\
         --security-protocol SSL --cafile .local/tls/ca.pem --certfile .local/tls/server.pem \\
@@ -65,6 +71,9 @@ class Figures:
     unacked_found: int = 0   # distinct events in Kafka that no "0" covered (failed pushes, cut-off retries)
     foreign: int = 0         # records that are not simulator events
     last_failure_s: float | None = None  # last failed attempt, seconds after the "restored" mark
+    agents_failed: int = 0
+    longest_failure_s: float = 0.0
+    longest_gap_s: float | None = None
     restored_order_violations: int | None = None  # after ordering each agent's records by ce_time
     lost_sample: list = field(default_factory=list)
     violation_sample: list = field(default_factory=list)
@@ -79,6 +88,8 @@ class Figures:
         return (f"pushes_acked={self.pushes_acked} events_acked={self.events_acked} "
                 f"events_found={self.events_found} lost={self.lost} order_violations={self.order_violations} "
                 f"duplicates={self.duplicates} signed_out={self.signed_out} "
+                f"agents_failed={self.agents_failed} longest_failure_s={self.longest_failure_s:.1f} "
+                f"longest_gap_s={seconds(self.longest_gap_s)} "
                 f"recovery_s={seconds(self.recovery_s)} last_failure_s={seconds(self.last_failure_s)} "
                 f"records={self.records} unacked_found={self.unacked_found} foreign={self.foreign}"
                 + ("" if self.restored_order_violations is None
@@ -137,8 +148,23 @@ def compare(ledger: Ledger, records: Iterable[Seen], sample: int = 10) -> Figure
         order_violations=violations, duplicates=duplicates,
         signed_out=sum(1 for _ in ledger.of_kind("signout")), recovery_s=recovery, records=total,
         unacked_found=len(found - acked), foreign=foreign, last_failure_s=last_failure,
-        lost_sample=sorted(missing)[:sample], violation_sample=violation_sample,
+        agents_failed=len({e["agent"] for e in ledger.of_kind("fail")}),
+        longest_failure_s=max((e.get("failing_s", 0.0) for e in ledger.entries
+                               if e["kind"] in ("ack", "signout", "abandon")), default=0.0),
+        longest_gap_s=longest_gap(ledger), lost_sample=sorted(missing)[:sample], violation_sample=violation_sample,
     )
+
+
+def longest_gap(ledger: Ledger, name: str = "fault") -> float | None:
+    """From the first `name` mark on, the longest time with no push answered "0" (None: no mark,
+    or no "0" after it)."""
+    marks = [e["t"] for e in ledger.of_kind("mark") if e["name"] == name]
+    if not marks:
+        return None
+    times = sorted(e["t"] for e in ledger.of_kind("ack") if e["t"] >= marks[0])
+    if not times:
+        return None
+    return max(later - earlier for earlier, later in zip([marks[0], *times], times))
 
 
 def recovery_after_mark(ledger: Ledger, name: str = RESTORED) -> tuple[float | None, float | None]:

@@ -2,8 +2,10 @@
 are out of order, and must not fail for what a correct bridge produces (retries, duplicates)."""
 from __future__ import annotations
 
+import pytest
+
 from bench.simulate import Ledger
-from bench.verify import RESTORED, Seen, compare
+from bench.verify import RESTORED, Seen, client_options, compare, parse_args
 
 
 def ledger_of(*pushes: tuple[str, list[int]]) -> Ledger:
@@ -94,3 +96,54 @@ def test_ledger_round_trips_through_its_file(tmp_path):
     loaded = Ledger.load(path)
     assert [e["kind"] for e in loaded.entries] == ["ack", "mark"]
     assert loaded.entries[0]["ids"] == [1, 2]
+
+
+def test_what_the_agents_noticed_of_a_fault():
+    ledger = Ledger()
+    ledger.entries = [
+        {"kind": "ack", "t": 100.0, "agent": "1", "ids": [1]},
+        {"kind": "mark", "t": 101.0, "name": "fault"},
+        {"kind": "ack", "t": 101.5, "agent": "2", "ids": [1]},
+        {"kind": "fail", "t": 106.0, "agent": "1", "why": "http503:100-007"},
+        {"kind": "fail", "t": 111.0, "agent": "1", "why": "timeout"},
+        {"kind": "fail", "t": 107.0, "agent": "3", "why": "timeout"},
+        {"kind": "ack", "t": 109.5, "agent": "2", "ids": [2]},                 # 8 s without any "0"
+        {"kind": "ack", "t": 112.0, "agent": "1", "ids": [2], "failing_s": 11.0},
+        {"kind": "signout", "t": 130.0, "agent": "3", "failing_s": 28.0},
+        {"kind": "abandon", "t": 131.0, "agent": "4", "failing_s": 3.0},
+    ]
+    figures = compare(ledger, records(("1", 1), ("2", 1), ("2", 2), ("1", 2)))
+    assert figures.agents_failed == 2
+    assert figures.longest_failure_s == 28.0
+    assert figures.longest_gap_s == 8.0
+    assert figures.signed_out == 1
+
+
+def test_no_fault_mark_no_gap_and_no_failures():
+    figures = compare(ledger_of(("1", [10])), records(("1", 10)))
+    assert (figures.agents_failed, figures.longest_failure_s, figures.longest_gap_s) == (0, 0.0, None)
+
+
+def checker_args(*extra: str):
+    return parse_args(["--ledger", "l.jsonl", "--topics", "t", *extra])
+
+
+def test_the_checker_logs_in_with_sasl_from_a_password_file(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    options = client_options(checker_args("--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism",
+                                          "SCRAM-SHA-256", "--sasl-username", "bridge", "--sasl-password-file",
+                                          str(secret)))
+    assert (options["sasl_mechanism"], options["sasl_plain_username"], options["sasl_plain_password"]) == (
+        "SCRAM-SHA-256", "bridge", "s3cret")
+    assert "ssl_context" not in options
+
+
+def test_the_checker_refuses_inconsistent_sasl_flags():
+    for flags in (["--sasl-username", "bridge"],  # SSL by default: no SASL
+                  ["--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN", "--sasl-username", "u"],
+                  ["--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN", "--sasl-username", "u",
+                   "--sasl-password", "p", "--sasl-password-file", "f"],
+                  ["--security-protocol", "SASL_SSL", "--sasl-password", "p"]):
+        with pytest.raises(SystemExit):
+            client_options(checker_args(*flags))

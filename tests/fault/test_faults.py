@@ -2,8 +2,7 @@
 then prove from Kafka that every event answered "0" is there, in order per agent.
 
 50 simulated agents retrying every second (the gateway waits 10 s; the rule is the same), a few
-seconds of load before and after each fault. `long-outage` keeps the broker dead for 125 s, past
-the gateway's 120 s sign-out window, with the bridge's outage spool: no push may fail at all. The figures line of each scenario is printed
+seconds of load before and after each fault. The figures line of each scenario is printed
 (`pytest -s` shows it) and is the assertion message on failure. The long form, with more agents
 and minutes of load, is `python -m bench.faults`.
 """
@@ -13,7 +12,7 @@ import os
 
 import pytest
 
-from bench.faults import SCENARIOS, DrillSettings, run_drill
+from bench.faults import BROKER_SCENARIOS, DrillSettings, run_drill
 
 pytestmark = pytest.mark.fault
 
@@ -23,7 +22,7 @@ EXTRA_ENV = dict(item.split("=", 1) for item in os.environ.get("BENCH_BRIDGE_ENV
 SHORT = DrillSettings(agents=50, duration_s=14.0, fault_at=0.3, after_s=6.0, retry_interval_s=1.0, timeout_s=8.0,
                       drain_s=30.0, pause_s=8.0, outage_s=10.0, long_outage_s=125.0, partitions=6,
                       bridge_env=EXTRA_ENV)
-SHORT_SCENARIOS = [s for s in SCENARIOS if s != "two-replicas"]  # that one runs in the long form only
+SHORT_SCENARIOS = [s for s in BROKER_SCENARIOS if s != "two-replicas"]  # that one runs in the long form only
 
 
 @pytest.mark.parametrize("scenario", SHORT_SCENARIOS)

@@ -87,6 +87,9 @@ async def test_a_failed_push_is_retried_with_the_same_body_and_later_events_wait
     assert sum(1 for _ in ledger.of_kind("fail")) == 3 * 3
     assert summary.signed_out == 0 and summary.events_unsent == 0
     assert max(e["tries"] for e in ledger.of_kind("ack")) == 4
+    retried = [e for e in ledger.of_kind("ack") if e["tries"] == 4]
+    assert len(retried) == 3 and all(e["failing_s"] >= 3 * 0.3 for e in retried), "failing_s spans the retries"
+    assert all("failing_s" not in e for e in ledger.of_kind("ack") if e["tries"] == 1)
 
 
 async def test_an_agent_failing_past_the_limit_is_signed_out_and_a_success_resets_the_clock():
