@@ -27,7 +27,7 @@ from .spool import Spool, SpoolError
 
 log = logging.getLogger("bridge.delivery")
 SPOOLED_HEADER = ("bridge_spooled", b"true")
-DRAIN_CHUNK = 2000          # entries published before the drain position is recorded
+DRAIN_CHUNK = 500           # entries decoded, published and acknowledged to the spool together
 DRAIN_RETRY_S = 1.0
 DRAIN_PUBLISH_TIMEOUT_S = 30.0  # nobody waits on a drained entry: give Kafka the producer's own timeout
 
@@ -183,15 +183,17 @@ class Delivery:
                 self._metrics.drained.inc(len(chunk))
 
     async def _publish_chunk(self, chunk: list[Entry]) -> bool:
+        """Each wave in one batched publish (a wave holds one entry per agent at most), waiting
+        for its acknowledgement before the next; pushes arriving meanwhile are served between."""
         records = [self._decode(entry) for entry in chunk]
         for wave in waves(records):
-            results = await asyncio.gather(*(self._publisher.publish(records[i], DRAIN_PUBLISH_TIMEOUT_S) for i in wave if records[i]),
-                                           return_exceptions=True)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                log.warning("draining the spool paused: %s (%d of %d entries of this wave not acknowledged)",
-                            failed[0], len(failed), len(results))
+            try:
+                await self._publisher.publish([r for i in wave for r in records[i]], DRAIN_PUBLISH_TIMEOUT_S,
+                                              batched=True)
+            except PublishError as exc:
+                log.warning("draining the spool paused: %s (a wave of %d entries not acknowledged)", exc, len(wave))
                 return False
+            await asyncio.sleep(0)
         return True
 
     def _decode(self, entry: Entry) -> list[Record]:

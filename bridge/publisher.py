@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import time
 from collections import Counter
@@ -212,6 +213,8 @@ class Publisher:
 
         for future in futures:
             future.add_done_callback(settled)
+        if not futures:
+            done.set_result(None)
         return done
 
     def _want_new_producer(self, why: str) -> None:
@@ -221,11 +224,19 @@ class Publisher:
 
     # -- publishing --------------------------------------------------------------------------
 
-    async def publish(self, records: list[Record], timeout: float | None = None) -> None:
+    async def publish(self, records: list[Record], timeout: float | None = None, batched: bool = False) -> None:
         """Return once Kafka acknowledged every record; raise PublishError otherwise (also when
-        that takes longer than `timeout`, by default BRIDGE_PUBLISH_TIMEOUT_S)."""
+        that takes longer than `timeout`, by default BRIDGE_PUBLISH_TIMEOUT_S).
+
+        `batched` (for the spool's drainer, which publishes many pushes at once and is the only
+        writer while it runs): the records go in one batch per partition, one future per batch
+        rather than per record. Ignored in atomic mode."""
         started = time.monotonic()
-        await self._write(records, timeout or self._settings.publish_timeout_s)
+        if self._settings.atomic_pushes:
+            body = self._publish_in_transaction
+        else:
+            body = self._publish_batched if batched else self._publish_idempotent
+        await self._write(body, records, timeout or self._settings.publish_timeout_s)
         self._metrics.publish_seconds.observe(time.monotonic() - started)
         if self._settings.routes:
             for topic, count in Counter(r.topic for r in records).items():
@@ -233,9 +244,9 @@ class Publisher:
         else:
             self._events_default.inc(len(records))
 
-    async def _write(self, records: list[Record], timeout: float) -> None:
-        """Write in the configured mode, bounded by `timeout` (asyncio.timeout's logic, with the
-        loop at hand)."""
+    async def _write(self, body, records: list[Record], timeout: float) -> None:
+        """`await body(records)`, bounded by `timeout` (asyncio.timeout's logic, with the loop at
+        hand), Kafka's errors turned into PublishError."""
         if not self.ready:
             raise PublishError(self._problem)
         loop = self._loop
@@ -249,10 +260,7 @@ class Publisher:
 
         deadline = loop.call_later(timeout, expire)
         try:
-            if self._settings.atomic_pushes:
-                await self._publish_in_transaction(records)
-            else:
-                await self._publish_idempotent(records)
+            await body(records)
         except asyncio.CancelledError:
             if not expired or task.uncancel() > 0:  # cancelled from outside too: that wins
                 raise
@@ -270,6 +278,24 @@ class Publisher:
         async with self._locks.hold(r.key for r in records if r.key is not None):
             futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers, partition=p)
                        for r, p in zip(records, partitions)]
+        await self._acknowledged(futures)
+
+    async def _publish_batched(self, records: list[Record]) -> None:
+        producer = self._producer
+        cluster = producer.client.cluster
+        builders: dict[tuple[str, int], object] = {}
+        futures = []
+        for r, partition in zip(records, self._partitions_of(producer, records)):
+            if partition is None:  # no key (a dead letter): any partition
+                partition = random.choice(sorted(cluster.partitions_for_topic(r.topic) or (0,)))
+            builder = builders.get((r.topic, partition))
+            if builder is None or builder.append(timestamp=None, key=r.key, value=r.value, headers=r.headers) is None:
+                if builder is not None:  # full: send it, start the next one
+                    futures.append(await producer.send_batch(builder, r.topic, partition=partition))
+                builder = builders[(r.topic, partition)] = producer.create_batch()
+                builder.append(timestamp=None, key=r.key, value=r.value, headers=r.headers)  # fits an empty batch
+        for (topic, partition), builder in builders.items():
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
         await self._acknowledged(futures)
 
     @staticmethod
