@@ -86,6 +86,8 @@ class DrillResult:
     summary: Summary
     topic: str
     fault_s: float                    # how long the fault action took (kill to back up)
+    not_ready_s: float = 0.0          # time any bridge's /readyz said 503 while it was running
+    log_lines: int = 0                # lines the bridges logged (warnings and errors) during the drill
 
     @property
     def failed_pushes(self) -> int:
@@ -105,7 +107,7 @@ class DrillResult:
 
     def line(self) -> str:
         return (f"scenario={self.scenario} fault_s={self.fault_s:.1f} failed_pushes={self.failed_pushes} "
-                f"{self.figures.line()}")
+                f"not_ready_s={self.not_ready_s:.1f} log_lines={self.log_lines} {self.figures.line()}")
 
 
 async def inject(scenario: str, kafka: Broker | Cluster, bridge: BridgeProcess, settings: DrillSettings,
@@ -206,6 +208,8 @@ async def run_drill(scenario: str, kafka: Broker | Cluster, tls: Path, workdir: 
         signout_after_s=settings.signout_after_s, think_s=settings.think_s, drain_s=settings.drain_s,
     ), ledger)
     load = asyncio.create_task(simulator.run(), name=f"gateway-{scenario}")
+    watch = ReadinessWatch(bridges)
+    readiness = asyncio.create_task(watch.run(), name=f"readiness-{scenario}")
     try:
         started = time.monotonic()
         await until(lambda: simulator.pushes_acked > 0 or load.done(), FIRST_ACK_TIMEOUT_S,
@@ -226,9 +230,10 @@ async def run_drill(scenario: str, kafka: Broker | Cluster, tls: Path, workdir: 
         if scenario in SPOOLED:
             log(f"[{scenario}] spools empty {await until_drained(bridges):.1f} s after the load ended")
     finally:
-        if not load.done():
-            load.cancel()
-            await asyncio.gather(load, return_exceptions=True)
+        for task in (load, readiness):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(load, readiness, return_exceptions=True)
         ledger.close()
         if balancer is not None:
             await asyncio.to_thread(balancer.stop)
@@ -239,12 +244,30 @@ async def run_drill(scenario: str, kafka: Broker | Cluster, tls: Path, workdir: 
     figures = compare(ledger, records)
     if scenario == "two-replicas":
         figures.restored_order_violations = compare(ledger, sorted(records, key=receipt_order)).order_violations
-    return DrillResult(scenario, figures, summary, topic, fault_s)
+    return DrillResult(scenario, figures, summary, topic, fault_s, watch.not_ready_s,
+                       sum(len(b.log().splitlines()) for b in bridges))
 
 
 def receipt_order(record: Seen) -> tuple:
     """How a consumer restores an agent's order across replicas: by receipt time, then position."""
     return record.topic, record.agent or "", record.received or "", record.push_index or 0
+
+
+@dataclass
+class ReadinessWatch:
+    """Polls every running bridge's /readyz until cancelled, adding up how long any said not ready
+    (a bridge that is down, as in bridge-kill, does not answer and is not counted)."""
+
+    bridges: list[BridgeProcess]
+    poll_s: float = 0.25
+    not_ready_s: float = 0.0
+
+    async def run(self) -> None:
+        while True:
+            answers = await asyncio.gather(*(asyncio.to_thread(b.readiness) for b in self.bridges))
+            if any(a and a.get("status") != "ready" for a in answers):
+                self.not_ready_s += self.poll_s
+            await asyncio.sleep(self.poll_s)
 
 
 async def until_drained(bridges: list[BridgeProcess], timeout_s: float = DRAIN_TIMEOUT_S) -> float:

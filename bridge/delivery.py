@@ -27,7 +27,7 @@ from .spool import Spool, SpoolError
 
 log = logging.getLogger("bridge.delivery")
 SPOOLED_HEADER = ("bridge_spooled", b"true")
-DRAIN_CHUNK = 500           # entries decoded, published and acknowledged to the spool together
+DRAIN_CHUNK = 200           # entries decoded, published and acknowledged to the spool together
 DRAIN_RETRY_S = 1.0
 DRAIN_PUBLISH_TIMEOUT_S = 30.0  # nobody waits on a drained entry: give Kafka the producer's own timeout
 

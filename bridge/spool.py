@@ -33,6 +33,7 @@ from .frames import HEADER, Entry, append_durably, frame, read_range, scan, sync
 log = logging.getLogger("bridge.spool")
 
 SEGMENT_BYTES = 16 * 1024 * 1024
+READ_BYTES = 1024 * 1024     # read (and decoded) by the drainer at a time
 SLOTS = 64
 RETRY_AFTER_ERROR_S = 1.0
 FULL_HEADROOM = 64 * 1024   # less free than this (or 1% of the limit) counts as full for readiness
@@ -256,9 +257,10 @@ class Spool:
 
     # -- reading and acknowledging ------------------------------------------------------------------
 
-    async def read(self) -> list[Entry]:
-        """The durable, undelivered entries of the oldest segment that has any, in order (at most
-        one segment's worth, so memory stays bounded whatever the spool holds)."""
+    async def read(self, limit: int = READ_BYTES) -> list[Entry]:
+        """The next durable, undelivered entries, in order: about `limit` bytes of them (more if
+        one entry is larger), so memory stays bounded whatever the spool holds and the event loop
+        is never held up by a whole segment."""
         loop = asyncio.get_running_loop()
         while self._segments:
             segment = self._segments[0]
@@ -266,16 +268,22 @@ class Spool:
                 if not self._retire_head():
                     return []
                 continue
-            data = await loop.run_in_executor(None, read_range, segment.path, self._head, segment.size)
+            end = min(segment.size, self._head + limit)
+            data = await loop.run_in_executor(None, read_range, segment.path, self._head, end)
             entries: list[Entry] = []
             for item in scan(data, segment.id):
                 if isinstance(item, Entry):
                     entries.append(Entry(segment.id, self._head + item.offset, self._head + item.end,
                                          item.accepted_ms, item.payload))
+                elif item.tail and end < segment.size:  # an entry cut by the read's end: next time
+                    break
                 else:  # damaged after it was written: never skipped silently
                     self._move_aside(segment.id, self._head + item.offset, data[item.offset:item.end])
             if entries:
                 return entries
+            if end < segment.size:  # one entry larger than the limit
+                limit = segment.size - self._head
+                continue
             self._head = segment.size  # only damage there
             self._settle()
         return []

@@ -44,3 +44,4 @@ async def test_cluster_faults(scenario, cluster, tls_dir, tmp_path):
         f"no push was acknowledged after the fault ended: {result.line()}")
     assert sorted(cluster.running()) == cluster.nodes, "every node must be back"
     assert figures.agents_failed == 0 and result.ok, f"agents noticed the {scenario}: {result.line()}"
+    assert result.not_ready_s == 0, f"/readyz said 503 while pushes could be kept: {result.line()}"

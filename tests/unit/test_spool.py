@@ -180,3 +180,18 @@ async def test_an_unusable_directory_is_a_clear_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(SpoolError, match="not usable"):
         Spool.open(blocker / "spool", MiB)
+
+
+async def test_reading_in_small_pieces_keeps_every_entry_whole_and_in_order(tmp_path):
+    spool = Spool.open(tmp_path, 64 * MiB)
+    payloads = [f"entry-{n}".encode() * (3 if n != 7 else 300) for n in range(40)]  # entry 7 is larger
+    for payload in payloads:
+        await spool.append(payload)
+    got = []
+    while spool.entries:
+        entries = await spool.read(limit=100)
+        assert entries
+        got += [e.payload for e in entries]
+        spool.ack(entries)
+    assert got == payloads
+    await spool.close()
