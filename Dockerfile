@@ -2,7 +2,7 @@
 #
 #   docker build -t cc-gateway-bridge:0.1.0 .
 #
-# Settings come from BRIDGE_* variables at run time (see the README's configuration table).
+# Settings come from BRIDGE_* variables at run time (see docs/configuration.md).
 # TLS certificates, keys and service tokens are mounted or injected by the platform; the image
 # never contains any. Both stages use the same pinned base so the virtual environment built in
 # the first one runs unchanged in the second.
