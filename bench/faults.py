@@ -367,15 +367,7 @@ async def drills(scenarios: list[str], workdir: Path, settings: DrillSettings) -
 
 
 def summary_line(result: DrillResult) -> str:
-    f = result.figures
-    def seconds(value: float | None) -> str:
-        return "-" if value is None else f"{value:.1f}"
-    return (f"  {'PASS' if result.ok else 'FAIL'} {result.scenario:<15} acked={f.events_acked} lost={f.lost} "
-            f"order_violations={f.order_violations} duplicates={f.duplicates} agents_failed={f.agents_failed}/"
-            f"{result.summary.agents} longest_failure_s={f.longest_failure_s:.1f} "
-            f"longest_gap_s={seconds(f.longest_gap_s)} signed_out={f.signed_out} recovery_s={seconds(f.recovery_s)}"
-            + ("" if f.restored_order_violations is None else
-               f" order_violations_by_ce_time={f.restored_order_violations}"))
+    return f"  {'PASS' if result.ok else 'FAIL'} {result.line()}"
 
 
 def main(argv: list[str] | None = None) -> int:

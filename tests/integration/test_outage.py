@@ -62,18 +62,28 @@ async def check_delivered(kafka: Kafka, topic: str, ledger: Ledger) -> list:
     return records
 
 
-async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_order(client, outage_kafka, tls_dir,
-                                                                                  tmp_path):
-    topic = "test.outage.stop"
-    bridge = Bridge(bridge_env(outage_kafka, topic, BRIDGE_SPOOL_DIR=str(tmp_path / "spool")), tls_dir)
-    bridge.start(tmp_path)
+@contextlib.asynccontextmanager
+async def gateway_on_spooling_bridge(kafka: Kafka, tls_dir: Path, tmp_path: Path, topic: str):
+    """A bridge with a spool of its own under gateway load: (bridge, gateway, load task, ledger)."""
+    bridge = Bridge(bridge_env(kafka, topic, BRIDGE_SPOOL_DIR=str(tmp_path / "spool")), tls_dir).start(tmp_path)
     ledger = Ledger()
     gateway = simulator(bridge, tls_dir, ledger)
     load = asyncio.create_task(gateway.run())
     try:
+        yield bridge, gateway, load, ledger
+    finally:
+        if not load.done():
+            load.cancel()
+        await bridge.astop()
+
+
+async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_order(client, outage_kafka, tls_dir,
+                                                                                  tmp_path):
+    topic = "test.outage.stop"
+    async with gateway_on_spooling_bridge(outage_kafka, tls_dir, tmp_path, topic) as (bridge, gateway, load, ledger):
         await asyncio.sleep(3)
         await asyncio.to_thread(outage_kafka.kill)
-        info = await wait_for_mode(client, bridge, "spooling")
+        await wait_for_mode(client, bridge, "spooling")
         assert (await management(client, bridge, "/readyz")).status == 200, "a replica that can spool stays ready"
         await asyncio.sleep(6)
         spooled_during = gateway.pushes_acked
@@ -82,11 +92,7 @@ async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_ord
         await asyncio.sleep(2)
         gateway.stop()
         summary = await load
-    finally:
-        if not load.done():
-            load.cancel()
         metrics = (await management(client, bridge, "/metrics")).text
-        await bridge.astop()
     assert sum(summary.failures.values()) == 0, f"pushes failed during the outage: {summary.line()}"
     assert spooled_during > 0 and info["spool"]["entries"] == 0
     records = await check_delivered(outage_kafka, topic, ledger)
@@ -101,12 +107,7 @@ async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_ord
 async def test_bridge_killed_while_spooling_loses_nothing_acknowledged(client, outage_kafka, tls_dir, tmp_path):
     topic = "test.outage.kill"
     outage_kafka.start()
-    bridge = Bridge(bridge_env(outage_kafka, topic, BRIDGE_SPOOL_DIR=str(tmp_path / "spool")), tls_dir)
-    bridge.start(tmp_path)
-    ledger = Ledger()
-    gateway = simulator(bridge, tls_dir, ledger)
-    load = asyncio.create_task(gateway.run())
-    try:
+    async with gateway_on_spooling_bridge(outage_kafka, tls_dir, tmp_path, topic) as (bridge, gateway, load, ledger):
         await asyncio.sleep(2)
         await asyncio.to_thread(outage_kafka.kill)
         await wait_for_mode(client, bridge, "spooling")
@@ -119,10 +120,6 @@ async def test_bridge_killed_while_spooling_loses_nothing_acknowledged(client, o
         await wait_for_mode(client, bridge, "direct")
         gateway.stop()
         summary = await load
-    finally:
-        if not load.done():
-            load.cancel()
-        await bridge.astop()
     assert summary.signed_out == 0
     await check_delivered(outage_kafka, topic, ledger)
 
