@@ -191,9 +191,27 @@ class Delivery:
                 await self._publisher.publish([r for i in wave for r in records[i]], DRAIN_PUBLISH_TIMEOUT_S,
                                               batched=True)
             except PublishError as exc:
-                log.warning("draining the spool paused: %s (a wave of %d entries not acknowledged)", exc, len(wave))
-                return False
+                if not (exc.refused_records and await self._set_aside_refused(chunk, records, wave)):
+                    log.warning("draining the spool paused: %s (a wave of %d entries not acknowledged)",
+                                exc, len(wave))
+                    return False
             await asyncio.sleep(0)
+        return True
+
+    async def _set_aside_refused(self, chunk: list[Entry], records: list[list[Record]], wave: list[int]) -> bool:
+        """Kafka refused some records for good: publish the wave's entries one by one and set aside
+        those it refuses, so one oversized push cannot hold up every push behind it. False if
+        something else failed meanwhile."""
+        for i in wave:
+            try:
+                await self._publisher.publish(records[i], DRAIN_PUBLISH_TIMEOUT_S, batched=True)
+            except PublishError as exc:
+                if not exc.refused_records:
+                    return False
+                kept = self._spool.set_aside(chunk[i])
+                self._metrics.spool_refused.inc()
+                log.error("a spooled push (%d records) that Kafka refuses (%s) is kept in %s instead",
+                          len(records[i]), exc, kept)
         return True
 
     def _decode(self, entry: Entry) -> list[Record]:

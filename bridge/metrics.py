@@ -46,6 +46,9 @@ class Metrics:
                                     registry=registry)
         self.spool_corrupt = Counter("bridge_spool_corrupt_entries",
                                      "Damaged spool entries moved aside or left out.", registry=registry)
+        self.spool_refused = Counter("bridge_spool_refused_entries",
+                                     "Spooled pushes Kafka refuses for good (too large), kept in the spool's "
+                                     "refused/ directory.", registry=registry)
         self.agents_failing = Gauge("bridge_agents_failing",
                                     "Agents whose pushes have been failing for longer than `over`.", ["over"],
                                     registry=registry)

@@ -23,7 +23,8 @@ import time
 from collections import Counter
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (CorruptRecordException, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError,
+                             RecordTooLargeError)
 from aiokafka.partitioner import murmur2
 
 from .config import Settings
@@ -38,10 +39,18 @@ CHECK_INTERVAL_UNHEALTHY_S = 1.0
 REQUEST_TIMEOUT_MS = 30_000
 MAX_BATCH_BYTES = 256 * 1024  # per partition; aiokafka's 16 KB default splits a large push into many requests
 TRANSACTION_TIMEOUT_MS = 15_000
+# Errors about the records themselves: the same records can never be written.
+RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError, CorruptRecordException)
 
 
 class PublishError(Exception):
-    """Kafka did not acknowledge every record in time; nothing is promised about the push."""
+    """Kafka did not acknowledge every record in time; nothing is promised about the push.
+    `refused_records`: Kafka refused the records themselves (too large, say), so sending them
+    again can never succeed."""
+
+    def __init__(self, message: str, refused_records: bool = False) -> None:
+        super().__init__(message)
+        self.refused_records = refused_records
 
 
 def transactional_id(settings: Settings) -> str:
@@ -268,7 +277,8 @@ class Publisher:
             raise PublishError(f"Kafka did not acknowledge within {timeout:g} s") from None
         except KafkaError as exc:
             self._check_now.set()
-            raise PublishError(f"Kafka refused the events: {type(exc).__name__}") from None
+            raise PublishError(f"Kafka refused the events: {type(exc).__name__}",
+                               isinstance(exc, RECORD_ERRORS)) from None
         finally:
             deadline.cancel()
 

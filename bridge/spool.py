@@ -140,14 +140,21 @@ class Spool:
         if self.oldest_ms is None and kept:
             self.oldest_ms = kept[0].accepted_ms
 
-    def _move_aside(self, segment_id: int, offset: int, damaged: bytes) -> None:
-        aside = self.directory / "corrupt"
+    def _move_aside(self, segment_id: int, offset: int, damaged: bytes, folder: str = "corrupt") -> Path:
+        aside = self.directory / folder
         aside.mkdir(exist_ok=True)
         target = aside / f"{segment_id:020d}-{offset}.bin"
         write_durably(target, damaged)
-        self.corrupt_entries += 1
-        log.error("spool segment %d: %d damaged bytes at offset %d moved aside to %s; the entries around "
-                  "them are delivered", segment_id, len(damaged), offset, target)
+        if folder == "corrupt":
+            self.corrupt_entries += 1
+            log.error("spool segment %d: %d damaged bytes at offset %d moved aside to %s; the entries around "
+                      "them are delivered", segment_id, len(damaged), offset, target)
+        return target
+
+    def set_aside(self, entry: Entry) -> Path:
+        """Keep an entry Kafka refuses for good in `refused/` (its payload, durable), so it no longer
+        holds up the entries behind it; the caller then acknowledges it with the others."""
+        return self._move_aside(entry.segment, entry.offset, entry.payload, "refused")
 
     def _read_position(self) -> tuple[int, int] | None:
         try:

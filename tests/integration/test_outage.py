@@ -199,3 +199,27 @@ async def test_an_unwritable_spool_directory_refuses_only_when_kafka_cannot_take
             assert (await client.post(bridge.url, PUSH, push_headers())).status == 200
         finally:
             await bridge.astop()
+
+
+async def test_a_push_kafka_refuses_for_good_is_set_aside_not_blocking_the_spool(client, kafka, tls_dir, tmp_path):
+    """An event larger than the broker takes (message.max.bytes, about 1 MB by default) is refused
+    by Kafka for good: the push is kept (answered "0"), set aside in the spool's refused/ directory,
+    and the pushes behind it go on."""
+    topic = "test.outage.refused"
+    env = bridge_env(kafka, topic, BRIDGE_SPOOL_DIR=str(tmp_path / "spool"), BRIDGE_MAX_BODY_BYTES=str(3 << 20))
+    bridge = Bridge(env, tls_dir).start(tmp_path)
+    huge = orjson.dumps({"workNo": "80002", "eventList": [
+        {"eventType": "AgentMediaEvent_Record", "content": {"blob": "x" * 1_500_000}}]})
+    try:
+        reply = await client.post(bridge.url, huge, push_headers())
+        assert (reply.status, orjson.loads(reply.body)["retcode"]) == (200, "0")
+        await wait_for_mode(client, bridge, "direct", timeout=60)
+        assert (await client.post(bridge.url, PUSH, push_headers())).status == 200
+        metrics = (await management(client, bridge, "/metrics")).text
+    finally:
+        await bridge.astop()
+    refused = list((tmp_path / "spool").glob("slot-*/refused/*.bin"))
+    assert len(refused) == 1 and refused[0].stat().st_size > 1_500_000
+    assert "bridge_spool_refused_entries_total 1.0" in metrics
+    assert [r.key for r in await read_topics(kafka, [topic])] == [b"80001"]
+    assert "Kafka refuses" in bridge.log()
