@@ -150,9 +150,10 @@ class PushEndpoint:
                 outcome["spooled"] = True
         except Unavailable as exc:
             raise protocol.unavailable(str(exc), "kafka") from None
+        if "quarantined" in outcome:
+            self._metrics.dead_letters.inc()
 
     def _dead_letter(self, body: bytes, refusal: Refusal, node: str, declared: int | None) -> Record:
-        self._metrics.dead_letters.inc()
         return dead_letter_record(self._settings.dead_letter_topic, body, refusal.status, refusal.retcode,
                                   refusal.message, node, declared if not body else None)
 
@@ -162,6 +163,7 @@ class PushEndpoint:
             try:  # strict mode: refused, and a copy kept for the operators
                 await self._delivery.keep([self._dead_letter(body, refusal, node, declared)])
                 outcome["kept"] = True
+                self._metrics.dead_letters.inc()
             except Unavailable:
                 outcome["kept"] = False
         await answer(send, refusal.status, protocol.failure_body(refusal), refusal.headers)

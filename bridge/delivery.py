@@ -46,8 +46,8 @@ def decode(payload: bytes) -> list[Record]:
 
 
 def waves(records: list[list[Record]]) -> list[list[int]]:
-    """Indexes of `records` (one list per spool entry) grouped so that no wave holds two entries of one agent, and an agent's
-    entries are in successive waves in their order."""
+    """Indexes of `records` (one list per spool entry) grouped so that no wave holds two entries of
+    one agent, and an agent's entries are in successive waves in their order."""
     result: list[list[int]] = []
     next_wave: dict[bytes | None, int] = {}
     for index, batch in enumerate(records):
@@ -71,7 +71,9 @@ class Delivery:
         self._wake = asyncio.Event()
         self._outage_started: float | None = None
         self._outage_spooled = 0
+        self._corrupt_counted = 0
         metrics.watch_spool(spool)
+        self._count_corrupt()
         if spool is not None and spool.entries:
             self._outage_started = time.monotonic()
 
@@ -170,6 +172,7 @@ class Delivery:
                     pass
                 continue
             entries = await spool.read()
+            self._count_corrupt()
             if not entries:
                 await asyncio.sleep(0.01)
                 continue
@@ -218,10 +221,17 @@ class Delivery:
         try:
             return decode(entry.payload)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:  # intact frame, foreign payload
-            self._metrics.spool_corrupt.inc()
+            self._spool.corrupt_entries += 1
+            self._count_corrupt()
             log.error("spool entry in segment %d at offset %d cannot be decoded (%s); it is left out",
                       entry.segment, entry.offset, exc)
             return []
+
+    def _count_corrupt(self) -> None:
+        """The spool counts damaged entries (at recovery, when reading, when decoding); the metric follows."""
+        if self._spool is not None and self._spool.corrupt_entries > self._corrupt_counted:
+            self._metrics.spool_corrupt.inc(self._spool.corrupt_entries - self._corrupt_counted)
+            self._corrupt_counted = self._spool.corrupt_entries
 
     def _end_outage_if_done(self) -> None:
         if self._outage_started is not None and self._spool.idle:

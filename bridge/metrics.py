@@ -66,8 +66,6 @@ class Metrics:
         gauge("bridge_spool_accepting", "1 while the spool can keep pushes, else 0.", lambda s: int(s.accepting))
         gauge("bridge_spool_oldest_age_seconds", "Age of the oldest push not yet delivered from the spool.",
               lambda s: 0 if s.oldest_ms is None else max(0.0, time.time() - s.oldest_ms / 1000))
-        if spool is not None:
-            self.spool_corrupt.inc(spool.corrupt_entries)
 
     def watch_risk(self, risk: "AgentRisk") -> None:
         for seconds in RISK_THRESHOLDS_S:
