@@ -21,7 +21,7 @@ COPY bridge/ bridge/
 # container's file system is read-only; pip and setuptools leave the environment afterwards, as
 # nothing installs anything at run time.
 RUN python -m venv /opt/cc-bridge \
-    && /opt/cc-bridge/bin/pip install --no-cache-dir --constraint constraints.txt . \
+    && /opt/cc-bridge/bin/pip install --no-cache-dir --constraint constraints.txt '.[server]' \
     && /opt/cc-bridge/bin/python -m pip uninstall --yes --quiet pip setuptools \
     && /opt/cc-bridge/bin/python -m compileall -q /opt/cc-bridge/lib
 

@@ -41,7 +41,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or later is needed (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test,bench]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[server,test,bench]'
 	@touch $@
 
 # The official AsyncAPI parser (Node.js), at the versions pinned in its package-lock.json; the
@@ -76,7 +76,7 @@ kafka-cluster-stop:
 lock:
 	rm -rf $(LOCAL)/lock-venv && $(PYTHON) -m venv $(LOCAL)/lock-venv
 	$(LOCAL)/lock-venv/bin/pip install --quiet --upgrade pip
-	$(LOCAL)/lock-venv/bin/pip install --quiet '.[test,bench]'
+	$(LOCAL)/lock-venv/bin/pip install --quiet '.[server,test,bench]'
 	$(LOCAL)/lock-venv/bin/pip freeze --exclude cc-gateway-bridge > constraints.txt
 	rm -rf $(LOCAL)/lock-venv
 

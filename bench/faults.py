@@ -43,11 +43,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
 
-from ._cluster import TOKEN, Broker, BridgeProcess, Cluster, LoadBalancer, make_tls
+from ._cluster import TOKEN, BridgeProcess, Broker, Cluster, LoadBalancer, make_tls
 from .simulate import Ledger, SimSettings, Simulator, Summary, pair
 from .verify import RESTORED, Figures, Seen, compare, read_topics
 

@@ -30,9 +30,10 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -78,7 +79,7 @@ class Ledger:
     def __init__(self, path: Path | str | None = None) -> None:
         self.entries: list[dict[str, Any]] = []
         self.path = Path(path) if path else None
-        self._file = open(self.path, "wb") if self.path else None
+        self._file = open(self.path, "wb") if self.path else None  # noqa: SIM115 (closed by close())
 
     def add(self, kind: str, **fields: Any) -> dict[str, Any]:
         entry = {"kind": kind, "t": round(time.time(), 3), **fields}
@@ -104,7 +105,7 @@ class Ledger:
         return (e for e in self.entries if e["kind"] == kind)
 
     @classmethod
-    def load(cls, path: Path | str) -> "Ledger":
+    def load(cls, path: Path | str) -> Ledger:
         ledger = cls()
         with open(path, "rb") as lines:
             ledger.entries = [orjson.loads(line) for line in lines if line.strip()]
@@ -157,7 +158,7 @@ def inbound_call(callid: str, customer: str, rng: random.Random) -> Iterator[Bur
         ended = [("AgentEvent_Customer_Release", {"callid": callid, "number": customer})]
     if recording:
         ended.append(("AgentMediaEvent_StopRecordDone", {"callId": callid, "recordID": record_id}))
-    yield ended + [("AgentState_Work", None)]
+    yield [*ended, ("AgentState_Work", None)]
     yield [("AgentState_Ready", None)]
 
 
@@ -339,7 +340,7 @@ class Simulator:
             async with session.post(self.settings.url, data=body, headers=headers) as response:
                 answer = await response.read()
                 status = response.status
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return "timeout"
         except (aiohttp.ClientError, OSError) as exc:
             return f"conn:{type(exc).__name__}"

@@ -31,9 +31,10 @@ import asyncio
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -164,7 +165,7 @@ def longest_gap(ledger: Ledger, name: str = "fault") -> float | None:
     times = sorted(e["t"] for e in ledger.of_kind("ack") if e["t"] >= marks[0])
     if not times:
         return None
-    return max(later - earlier for earlier, later in zip([marks[0], *times], times))
+    return max(later - earlier for earlier, later in zip([marks[0], *times], times, strict=False))
 
 
 def recovery_after_mark(ledger: Ledger, name: str = RESTORED) -> tuple[float | None, float | None]:

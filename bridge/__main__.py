@@ -5,7 +5,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import uvloop
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -23,9 +23,9 @@ from starlette.types import Receive, Scope, Send
 from . import protocol
 from .auth import Authenticator, mask_guid
 from .config import Settings
+from .delivery import Delivery, Unavailable
 from .metrics import Metrics
 from .protocol import CONTENT_TYPE, SUCCESS_BODY, Refusal
-from .delivery import Delivery, Unavailable
 from .records import Record, Router, build_records, dead_letter_record
 from .risk import AgentRisk
 

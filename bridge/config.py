@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 PREFIX = "BRIDGE_"
 DEFAULT_PUSH_PATH = "/service-cloud/rest/cc-ai/v1/agentevent/pushresult"

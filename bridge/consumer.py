@@ -25,11 +25,13 @@ event it applied per agent skips them (see `AgentEvent.position`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -99,7 +101,7 @@ class Counts:
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, owner: "AgentEventConsumer") -> None:
+    def __init__(self, owner: AgentEventConsumer) -> None:
         self._owner = owner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -225,10 +227,8 @@ class AgentEventConsumer:
                 del self._lanes[agent]
 
     async def _wait_changed(self, timeout: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def _settle(self, tps: set[TopicPartition]) -> None:
         """Until every fetched record of `tps` is handled (or the handler failed)."""

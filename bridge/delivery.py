@@ -14,15 +14,16 @@ and a failure can never let a later one of them overtake an earlier one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 import msgpack
 
+from .frames import Entry
 from .metrics import Metrics
 from .publisher import Publisher, PublishError
 from .records import Record
-from .frames import Entry
 from .spool import Spool, SpoolError
 
 log = logging.getLogger("bridge.delivery")
@@ -166,10 +167,8 @@ class Delivery:
             if spool.entries == 0 or not self._publisher.ready:
                 self._end_outage_if_done()
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), DRAIN_RETRY_S)
-                except TimeoutError:
-                    pass
                 continue
             entries = await spool.read()
             self._count_corrupt()

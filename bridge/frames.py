@@ -6,12 +6,13 @@ what lies between them as Damage, so a torn write or a damaged stretch is locate
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 MAGIC = 0x50534343  # b"CCSP" little-endian
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -81,10 +82,8 @@ def append_durably(fd: int, data: bytes, at: int) -> None:
             written += os.pwrite(fd, view[written:], at + written)
         os.fdatasync(fd)
     except OSError:
-        try:
+        with contextlib.suppress(OSError):
             os.ftruncate(fd, at)
-        except OSError:
-            pass
         raise
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class KeyedLocks:
@@ -14,7 +14,7 @@ class KeyedLocks:
     def __init__(self) -> None:
         self._locks: dict[bytes, list] = {}  # key -> [lock, users]
 
-    def hold(self, keys: Iterable[bytes]) -> "_Held":
+    def hold(self, keys: Iterable[bytes]) -> _Held:
         return _Held(self, sorted(set(keys)))
 
     async def _acquire(self, keys: list[bytes]) -> None:
@@ -46,7 +46,7 @@ class KeyedLocks:
 
 
 class _Held:
-    __slots__ = ("_locks", "_keys")
+    __slots__ = ("_keys", "_locks")
 
     def __init__(self, locks: KeyedLocks, keys: list[bytes]) -> None:
         self._locks, self._keys = locks, keys

@@ -56,7 +56,7 @@ class Metrics:
         for reason in QUARANTINE_REASONS:  # exported as 0 from the start, so rate() and alerts see them
             self.quarantined.labels(reason)
 
-    def watch_spool(self, spool: "Spool | None") -> None:
+    def watch_spool(self, spool: Spool | None) -> None:
         """Gauges read from the spool at each scrape (all 0 when the bridge runs without one)."""
         def gauge(name: str, text: str, read) -> None:
             Gauge(name, text, registry=self.registry).set_function(lambda: 0 if spool is None else read(spool))
@@ -67,7 +67,7 @@ class Metrics:
         gauge("bridge_spool_oldest_age_seconds", "Age of the oldest push not yet delivered from the spool.",
               lambda s: 0 if s.oldest_ms is None else max(0.0, time.time() - s.oldest_ms / 1000))
 
-    def watch_risk(self, risk: "AgentRisk") -> None:
+    def watch_risk(self, risk: AgentRisk) -> None:
         for seconds in RISK_THRESHOLDS_S:
             self.agents_failing.labels(f"{seconds}s").set_function(
                 lambda seconds=seconds: risk.failing_longer_than(seconds))

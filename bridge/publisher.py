@@ -16,6 +16,7 @@ While Kafka is known to be unhealthy, `publish` fails at once instead of waiting
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -23,8 +24,13 @@ import time
 from collections import Counter
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (CorruptRecordException, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError,
-                             RecordTooLargeError)
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from aiokafka.partitioner import murmur2
 
 from .config import Settings
@@ -113,10 +119,8 @@ class Publisher:
     async def _supervise(self) -> None:
         while True:
             interval = CHECK_INTERVAL_HEALTHY_S if self._healthy else CHECK_INTERVAL_UNHEALTHY_S
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), interval)
-            except TimeoutError:
-                pass
             self._check_now.clear()
             if self._reset_wanted:
                 await self._drop_producer()
@@ -287,7 +291,7 @@ class Publisher:
         partitions = self._partitions_of(producer, records)
         async with self._locks.hold(r.key for r in records if r.key is not None):
             futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers, partition=p)
-                       for r, p in zip(records, partitions)]
+                       for r, p in zip(records, partitions, strict=False)]
         await self._acknowledged(futures)
 
     async def _publish_batched(self, records: list[Record]) -> None:
@@ -295,7 +299,7 @@ class Publisher:
         cluster = producer.client.cluster
         builders: dict[tuple[str, int], object] = {}
         futures = []
-        for r, partition in zip(records, self._partitions_of(producer, records)):
+        for r, partition in zip(records, self._partitions_of(producer, records), strict=False):
             if partition is None:  # no key (a dead letter): any partition
                 partition = random.choice(sorted(cluster.partitions_for_topic(r.topic) or (0,)))
             builder = builders.get((r.topic, partition))

@@ -89,7 +89,7 @@ def build_records(push: Push, node: str, router: Router,
     ]
     seen: dict[str, int] = {}
     records = []
-    for index, event, agent in zip(push.indexes, push.events, push.agents):
+    for index, event, agent in zip(push.indexes, push.events, push.agents, strict=False):
         key = agent.encode()
         value = orjson.dumps(event)
         digest = hashlib.blake2b(key + b"\x00" + value, digest_size=16).hexdigest()

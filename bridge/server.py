@@ -14,7 +14,7 @@ import logging
 import signal
 import ssl
 import sys
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import aiokafka.util
 import orjson
@@ -40,7 +40,7 @@ class CorkedTransport:
     answer's head and body (uvicorn writes them separately) become one TLS record and one system
     call instead of two. Everything else is the wrapped transport's."""
 
-    __slots__ = ("_transport", "_pending", "_loop")
+    __slots__ = ("_loop", "_pending", "_transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport

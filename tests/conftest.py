@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bench._cluster import ROOT, Broker, BridgeProcess, free_port, load_kafkalocal, make_tls  # noqa: F401
+from bench._cluster import ROOT, BridgeProcess, Broker, free_port, load_kafkalocal, make_tls  # noqa: F401
 from bench.verify import read_committed
 
 TOKEN = "Tok3n-for_tests"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -32,8 +33,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 LIB = HERE / "target" / "lib"
@@ -252,7 +253,7 @@ def launch(home: Path, node_id: int, ports: dict[str, int], voters: str, tls_dir
         print(f"kafka-local: {home / 'data'} was formatted without SCRAM users; SCRAM logins will fail "
               "until it is removed (stop, delete the directory, start)")
     with open(home / "broker.log", "ab") as log:
-        proc = subprocess.Popen(java(options) + ["kafka.Kafka", str(props_file)], stdout=log, stderr=log,
+        proc = subprocess.Popen([*java(options), "kafka.Kafka", str(props_file)], stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     state = {"pid": proc.pid, "node_id": node_id, "port": ports["PLAINTEXT"], "ports": ports,
              "tls_dir": str(tls_dir) if tls_dir else None}
@@ -279,10 +280,8 @@ def wait_listening(home: Path, timeout_s: float = START_TIMEOUT_S) -> dict:
 
 def reap(pid: int) -> None:
     """Collect the exit status when the process is our child (tests drive this module in-process)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def describe(ports: dict[str, int]) -> str:

@@ -56,7 +56,7 @@ class Engine:
             raise RuntimeError(f"podman {' '.join(args[:3])} ... failed ({result.returncode}):\n{result.stderr}")
         return result
 
-    def compose(self, project: "Project", *args: str, check: bool = True,
+    def compose(self, project: Project, *args: str, check: bool = True,
                 timeout: float = 240) -> subprocess.CompletedProcess:
         files = [arg for path in project.files for arg in ("-f", str(path))]
         command = [str(COMPOSE), "--project-directory", str(project.directory), "-p", project.name, *files, *args]
@@ -82,15 +82,15 @@ class Project:
 def start(scratch: Path) -> Engine:
     """The engine's settings, plus a Docker-compatible API on `scratch`/podman.sock."""
     if not COMPOSE.is_file():
-        raise RuntimeError(f"{COMPOSE} is missing: install the test extras (pip install -e '.[test]')")
+        raise RuntimeError(f"{COMPOSE} is missing: install the test extras (pip install -e '.[server,test]')")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "CONTAINERS_"))}
     env.update(settings())
     socket = scratch / "podman.sock"
     env["DOCKER_HOST"] = f"unix://{socket}"
     engine = Engine(env, socket)
-    log = open(scratch / "podman-service.log", "ab")
-    engine.service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket}"], env=env,
-                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    with open(scratch / "podman-service.log", "ab") as log:  # the service keeps its own copy of the descriptor
+        engine.service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket}"], env=env,
+                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 30
     while not socket.exists():
         if engine.service.poll() is not None or time.monotonic() > deadline:
@@ -119,7 +119,7 @@ class HealthDriver:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> "HealthDriver":
+    def __enter__(self) -> HealthDriver:
         self._thread.start()
         return self
 

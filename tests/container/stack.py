@@ -111,9 +111,9 @@ class Stack:
     def handshake(self) -> bool:
         context = ssl.create_default_context(cafile=str(self.tls / "ca.pem"))
         try:
-            with socket.create_connection(("127.0.0.1", self.push_port), timeout=3) as raw:
-                with context.wrap_socket(raw, server_hostname="localhost"):
-                    return True
+            with socket.create_connection(("127.0.0.1", self.push_port), timeout=3) as raw, \
+                    context.wrap_socket(raw, server_hostname="localhost"):
+                return True
         except OSError:
             return False
 

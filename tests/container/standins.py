@@ -128,7 +128,7 @@ def recipes(scratch: Path) -> list[Recipe]:
 def kafka_tree(scratch: Path) -> Path:
     """/opt/kafka of the stand-in: libs/ (the jars, hard-linked when possible), bin/, config/."""
     sys.path.insert(0, str(ROOT / "deploy" / "kafka-local"))
-    import kafkalocal  # noqa: E402  (a script, not a package)
+    import kafkalocal
 
     jars = kafkalocal.resolve_jars()
     tree = scratch / "opt"

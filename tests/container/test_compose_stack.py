@@ -12,7 +12,7 @@ import asyncio
 import json
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -31,9 +31,9 @@ SPOOL_DIR = "/var/lib/cc-bridge/spool"
 
 
 def gateway(stack: Stack, ledger: Ledger, **overrides) -> Simulator:
-    settings = dict(url=stack.push_url, agents=AGENTS, duration_s=180.0, cafile=str(stack.tls / "ca.pem"),
-                    token=stack.token, retry_interval_s=1.0, timeout_s=10.0, signout_after_s=90.0,
-                    think_s=(0.2, 0.8), drain_s=40.0)
+    settings = {"url": stack.push_url, "agents": AGENTS, "duration_s": 180.0, "cafile": str(stack.tls / "ca.pem"),
+                    "token": stack.token, "retry_interval_s": 1.0, "timeout_s": 10.0, "signout_after_s": 90.0,
+                    "think_s": (0.2, 0.8), "drain_s": 40.0}
     settings.update(overrides)
     return Simulator(SimSettings(**settings), ledger)
 
@@ -76,7 +76,7 @@ def connections_to(stack: Stack, server: str) -> list[float]:
     for _, line in stack.lb_log():
         match = pattern.search(line)
         if match:
-            accepted = datetime.strptime(match.group(1), "%d/%b/%Y:%H:%M:%S.%f").replace(tzinfo=timezone.utc)
+            accepted = datetime.strptime(match.group(1), "%d/%b/%Y:%H:%M:%S.%f").replace(tzinfo=UTC)
             times.append(accepted.timestamp())
     return times
 

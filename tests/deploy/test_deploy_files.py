@@ -55,7 +55,7 @@ KUSTOMIZATIONS = {"base": KUBERNETES / "base", "example overlay": KUBERNETES / "
 # The oldest and the newest Kubernetes minor versions the manifests are meant for.
 KUBERNETES_VERSIONS = ("1.35.0", "1.37.0")
 KAFKA_IMAGE = "apache/kafka:4.1.1"
-INSTALL_HINT = "install the test extras: pip install -c constraints.txt -e '.[test]'"
+INSTALL_HINT = "install the test extras: pip install -c constraints.txt -e '.[server,test]'"
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(config.Settings)}
 SETTING_NAMES = {config.PREFIX + f.name.upper() for f in dataclasses.fields(config.Settings)}
@@ -225,7 +225,7 @@ def test_image_holds_only_what_runs(dockerfile):
 class _StandIn(BaseHTTPRequestHandler):
     status = 200
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         self.send_response(self.status if self.path == "/healthz" else 404)
         self.send_header("Content-Length", "0")
         self.end_headers()

@@ -68,7 +68,7 @@ def test_order_is_per_agent_and_per_topic():
 
 def test_unacknowledged_and_foreign_records_are_counted_not_failed():
     figures = compare(ledger_of(("1", [10])),
-                      records(("1", 10), ("1", 11)) + [Seen("t", 0, 9, None, None, None)])
+                      [*records(("1", 10), ("1", 11)), Seen("t", 0, 9, None, None, None)])
     assert figures.ok and figures.unacked_found == 1 and figures.foreign == 1
 
 

@@ -105,7 +105,7 @@ async def test_an_agent_failing_past_the_limit_is_signed_out_and_a_success_reset
 
 
 async def test_a_slow_answer_is_a_timeout_and_is_retried():
-    ledger, summary = await simulate(Receiver(delay_s=0.6), agents=2, duration_s=0.5, think_s=(0.05, 0.1),
+    _ledger, summary = await simulate(Receiver(delay_s=0.6), agents=2, duration_s=0.5, think_s=(0.05, 0.1),
                                      timeout_s=0.3, retry_interval_s=0.1, signout_after_s=1.0, drain_s=3)
     assert summary.failures["timeout"] >= 2
     assert summary.pushes_acked == 0 and summary.signed_out == 2
@@ -113,6 +113,6 @@ async def test_a_slow_answer_is_a_timeout_and_is_retried():
 
 async def test_it_stops_after_a_number_of_pushes():
     receiver = Receiver()
-    ledger, summary = await simulate(receiver, agents=4, duration_s=60.0, max_pushes=20, think_s=(0.01, 0.05),
+    _ledger, summary = await simulate(receiver, agents=4, duration_s=60.0, max_pushes=20, think_s=(0.01, 0.05),
                                      drain_s=2)
     assert 20 <= summary.pushes_acked < 60 and summary.elapsed_s < 10

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import orjson
 import pytest
-
 from conftest import GUID, TOKEN, Bridge, bridge_env, free_port, headers_of, push_headers, read_topics
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ from collections import defaultdict
 import aiohttp
 import orjson
 import pytest
+from conftest import client_context, push_headers
 
 from bench.simulate import agent_story
 from bridge.consumer import AgentEvent, AgentEventConsumer
-from conftest import client_context, push_headers
 
 pytestmark = pytest.mark.integration
 

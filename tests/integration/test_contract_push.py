@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
-
 from conftest import Bridge, Http, bridge_env, free_port, push_headers
 from contract_docs import OpenApi, malformed_pushes_env
 

@@ -16,10 +16,10 @@ from datetime import datetime
 import aiohttp
 import orjson
 import pytest
-
-from bench.simulate import agent_story
 from conftest import Bridge, bridge_env, client_context, free_port, headers_of, push_headers, read_topics
 from contract_docs import AsyncApi
+
+from bench.simulate import agent_story
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ import time
 
 import orjson
 import pytest
-
 from conftest import GUID, Bridge, bridge_env, free_port, headers_of, load_kafkalocal, push_headers, read_topics
 
 pytestmark = pytest.mark.integration

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import defaultdict
-
 import uuid
+from collections import defaultdict
 
 import orjson
 import pytest
-
 from conftest import Bridge, bridge_env, headers_of, push_headers, read_topics
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import TOKEN, Bridge, Kafka, bridge_env, free_port, headers_of, push_headers, read_topics
 
 from bench.simulate import Ledger, SimSettings, Simulator
 from bench.verify import compare, seen
-from conftest import TOKEN, Bridge, Kafka, bridge_env, free_port, headers_of, push_headers, read_topics
 
 pytestmark = pytest.mark.integration
 
@@ -98,8 +98,8 @@ async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_ord
     records = await check_delivered(outage_kafka, topic, ledger)
     spooled = [r for r in records if headers_of(r).get("bridge_spooled") == "true"]
     assert spooled, "no record went through the spool"
-    line = next(l for l in metrics.splitlines() if l.startswith("bridge_spooled_pushes_total"))
-    drained = next(l for l in metrics.splitlines() if l.startswith("bridge_drained_pushes_total"))
+    line = next(x for x in metrics.splitlines() if x.startswith("bridge_spooled_pushes_total"))
+    drained = next(x for x in metrics.splitlines() if x.startswith("bridge_drained_pushes_total"))
     assert float(line.split()[1]) == float(drained.split()[1]) > 0
     assert "outage mode ended" in bridge.log()
 

@@ -5,12 +5,12 @@ import asyncio
 
 import orjson
 import pytest
+from conftest import read_topics
 
 from bridge import config
 from bridge.protocol import parse_push
 from bridge.publisher import Publisher
 from bridge.records import Router, build_records
-from conftest import read_topics
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ import uuid
 
 import orjson
 import pytest
+from conftest import TOKEN, Bridge, push_headers
 
 from bench import verify
 from bench.verify import read_committed
-from conftest import TOKEN, Bridge, push_headers
 
 pytestmark = pytest.mark.integration
 PASSWORD = "bridge-secret"  # the local broker's SASL user (deploy/kafka-local/kafkalocal.py USERS)

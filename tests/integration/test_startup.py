@@ -7,7 +7,6 @@ import sys
 
 import orjson
 import pytest
-
 from conftest import ROOT, Bridge, bridge_env, push_headers
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,6 @@ import threading
 
 import orjson
 import pytest
-
 from conftest import headers_of, push_headers, read_topics
 
 pytestmark = [pytest.mark.integration,
@@ -21,9 +20,9 @@ def handshake(port: int, cafile: str, version: ssl.TLSVersion) -> str:
     context.minimum_version = context.maximum_version = version
     if version < ssl.TLSVersion.TLSv1_2:
         context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client really offer the old protocol
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            return tls.version()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        return tls.version()
 
 
 def test_tls_1_1_is_refused_and_1_2_and_1_3_succeed(bridge, tls_dir):

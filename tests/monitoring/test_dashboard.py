@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 
 import pytest
 import yaml
-
 from conftest import push_headers
 
 from .conftest import MONITORING, run
@@ -84,8 +82,7 @@ async def test_every_metric_read_is_exported_by_a_running_bridge(bridge, client)
     and the alerting rules read (kube-state-metrics' series aside)."""
     assert (await client.post(bridge.url, PUSH, push_headers())).status == 200
     assert (await client.post(bridge.url, PUSH, push_headers(service_token="wrong-token"))).status == 403
-    with urllib.request.urlopen(bridge.management_url + "/metrics", timeout=5) as response:
-        exposition = response.read().decode()
+    exposition = (await client.request("GET", bridge.management_url + "/metrics")).text
     exported = {line.split("{")[0].split(" ")[0] for line in exposition.splitlines() if line and line[0] != "#"}
     alerts = [rule["expr"] for group in yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"]
               for rule in group["rules"]]

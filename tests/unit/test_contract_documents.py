@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from contract_docs import CONTRACTS, MODES, ROOT, AsyncApi, OpenApi, errors, load
 from openapi_spec_validator import validate as validate_openapi
 from openapi_spec_validator.readers import read_from_filename
 
@@ -18,7 +19,6 @@ from bridge.auth import GUID_PATTERN
 from bridge.config import TOKEN_PATTERN, Settings
 from bridge.protocol import Push
 from bridge.records import Router, build_records
-from contract_docs import CONTRACTS, MODES, ROOT, AsyncApi, OpenApi, errors, load
 
 VALIDATOR = ROOT / "tests" / "asyncapi-validator"
 

@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -6,7 +6,7 @@ from bridge.config import Route
 from bridge.protocol import parse_push
 from bridge.records import Router, build_records, new_push_id, rfc3339
 
-WHEN = datetime(2026, 11, 24, 8, 30, 1, 234000, tzinfo=timezone.utc).timestamp()
+WHEN = datetime(2026, 11, 24, 8, 30, 1, 234000, tzinfo=UTC).timestamp()
 
 
 def records_for(body: dict, node: str = "AgentGateway1", router: Router | None = None):
