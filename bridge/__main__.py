@@ -6,17 +6,28 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
-
-import uvloop
+from typing import TYPE_CHECKING
 
 from . import config, logs
-from .publisher import Publisher
-from .server import run
+
+if TYPE_CHECKING:
+    from .publisher import Publisher
 
 log = logging.getLogger("bridge")
 
 
-def serve(make_publisher: Callable[..., Publisher] = Publisher) -> int:
+def serve(make_publisher: Callable[..., Publisher] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. `make_publisher` replaces the Kafka publisher (the benchmark's
+    HTTP ceiling runs this very stack without Kafka)."""
+    try:
+        import uvloop
+
+        from .publisher import Publisher
+        from .server import run
+    except ImportError as exc:  # installed without the server extra: the subscriber library only
+        print(f"cc-bridge: {exc.name} is not installed; the bridge needs the server extra "
+              "(pip install 'cc-gateway-bridge[server]')", file=sys.stderr)
+        return 2
     try:
         settings = config.load()
     except config.ConfigError as exc:
@@ -34,7 +45,7 @@ def serve(make_publisher: Callable[..., Publisher] = Publisher) -> int:
              "atomic pushes" if settings.atomic_pushes else "idempotent", settings.management_host,
              settings.management_port)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        started = runner.run(run(settings, make_publisher))
+        started = runner.run(run(settings, make_publisher or Publisher))
     return 0 if started else 1
 
 

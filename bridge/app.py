@@ -1,15 +1,9 @@
-"""The ASGI applications: the push route with the producer's lifespan, and the management app.
-
-A push travels top to bottom through `PushEndpoint.__call__`:
-method -> headers (auth) -> body (size bound) -> protocol (parse) -> records -> publisher -> answer.
-Every exit answers the two-field JSON body and writes one `pushEvent` log line; nothing escapes
-as a 500. Refused pushes from an authenticated gateway are kept in the dead-letter topic.
-"""
+"""The ASGI applications: the push app (the push path, handled by bridge/push.py, with the
+producer's lifespan) and the management app (/healthz, /readyz, /metrics)."""
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -21,161 +15,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import protocol
-from .auth import Authenticator, mask_guid
 from .config import Settings
-from .delivery import Delivery, Unavailable
+from .delivery import Delivery
 from .metrics import Metrics
-from .protocol import CONTENT_TYPE, SUCCESS_BODY, Refusal
-from .records import Record, Router, build_records, dead_letter_record
+from .protocol import CONTENT_TYPE, Refusal
+from .push import PushEndpoint
 from .risk import AgentRisk
-
-log = logging.getLogger("bridge.push")
-KEPT_REFUSALS = (400, 413, 415)  # malformed pushes: kept in the dead-letter topic when authenticated
-
-
-async def answer(send: Send, status: int, body: bytes,
-                 extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    headers = [(b"content-type", CONTENT_TYPE), (b"content-length", str(len(body)).encode()),
-               *extra_headers]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes | None:
-    """The request body, refused as soon as it is known to exceed `limit`; None on disconnect."""
-    if declared is not None and declared > limit:
-        raise protocol.too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise protocol.too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-class PushEndpoint:
-    """ASGI app for the push path (any method reaches it, so it can answer 405 in JSON)."""
-
-    def __init__(self, settings: Settings, delivery: Delivery, metrics: Metrics, risk: AgentRisk) -> None:
-        self._settings = settings
-        self._auth = Authenticator(settings.service_tokens, settings.allow_no_token)
-        self._router = Router(settings.topic, settings.routes)
-        self._delivery = delivery
-        self._metrics = metrics
-        self._risk = risk
-        self._quarantine = settings.malformed_pushes == "quarantine"
-        self._inflight = 0
-        self._ok_level = logging.getLevelName(settings.push_log_level.upper())
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        guid = token = content_type = None
-        declared: int | None = None
-        for name, value in scope["headers"]:
-            if name == b"guid":
-                guid = value.decode("latin-1")
-            elif name == b"service_token":
-                token = value.decode("latin-1")
-            elif name == b"content-type":
-                content_type = value.decode("latin-1")
-            elif name == b"content-length" and value.isdigit():
-                declared = int(value)
-        outcome = {"operation": "pushEvent", "guid": mask_guid(guid), "workNo": None, "events": None}
-        node: str | None = None  # set once the sender is authenticated
-        body = b""
-        self._inflight += 1
-        self._metrics.inflight.inc()
-        try:
-            if scope["method"] != "POST":
-                raise Refusal(405, protocol.WRONG_METHOD, f"method {scope['method']} is not allowed; use POST",
-                              "method", ((b"allow", b"POST"),))
-            node = self._auth.check(guid, token)
-            if self._inflight > self._settings.max_inflight_pushes:
-                raise protocol.unavailable(f"{self._settings.max_inflight_pushes} pushes are already in flight",
-                                           "overloaded", retry_after_s=1)
-            try:
-                body = await read_body(receive, self._settings.max_body_bytes, declared)
-                if body is None:
-                    return  # the gateway hung up; nothing was published
-                protocol.check_content_type(content_type)
-                push = protocol.parse_push(body, self._settings.max_events_per_push)
-                outcome.update(workNo=push.work_no, events=push.size)
-                if push.problems and not (self._quarantine and push.events):
-                    raise protocol.bad_message(push.problems[0])
-            except Refusal as malformed:
-                if not self._quarantine:
-                    raise
-                # Refused, the gateway would send it again every 10 s until the agent is signed out.
-                outcome["quarantined"] = malformed.message
-                await self._keep([self._dead_letter(body or b"", malformed, node, declared)], outcome)
-                self._metrics.quarantined.labels(malformed.reason).inc()
-            else:
-                records = build_records(push, node, self._router)
-                if push.problems:  # the well-formed events go on; the push is kept whole aside
-                    partial = protocol.bad_message("; ".join(push.problems[:10]))
-                    outcome["quarantined"] = partial.message
-                    records.append(self._dead_letter(body, partial, node, declared))
-                    self._metrics.quarantined.labels("events").inc()
-                await self._keep(records, outcome)
-        except Refusal as refusal:
-            await self._refuse(send, refusal, node, body, declared, outcome, started)
-            return
-        except Exception:  # a bug: logged whole here, answered without detail
-            log.exception("pushEvent failed unexpectedly", extra={"fields": outcome})
-            await self._refuse(send, protocol.unavailable("internal error", "internal"), None, b"", None,
-                               outcome, started)
-            return
-        finally:
-            self._inflight -= 1
-            self._metrics.inflight.dec()
-        await answer(send, 200, SUCCESS_BODY)
-        elapsed = time.perf_counter() - started
-        self._metrics.ok.inc()
-        self._metrics.push_seconds.observe(elapsed)
-        self._risk.succeeded(outcome["workNo"])
-        if log.isEnabledFor(self._ok_level):
-            outcome.update(retcode="0", status=200, duration_ms=round(elapsed * 1000, 2))
-            log.log(self._ok_level, "pushEvent accepted", extra={"fields": outcome})
-
-    async def _keep(self, records: list[Record], outcome: dict) -> None:
-        try:
-            if await self._delivery.keep(records):
-                outcome["spooled"] = True
-        except Unavailable as exc:
-            raise protocol.unavailable(str(exc), "kafka") from None
-        if "quarantined" in outcome:
-            self._metrics.dead_letters.inc()
-
-    def _dead_letter(self, body: bytes, refusal: Refusal, node: str, declared: int | None) -> Record:
-        return dead_letter_record(self._settings.dead_letter_topic, body, refusal.status, refusal.retcode,
-                                  refusal.message, node, declared if not body else None)
-
-    async def _refuse(self, send: Send, refusal: Refusal, node: str | None, body: bytes, declared: int | None,
-                      outcome: dict, started: float) -> None:
-        if node is not None and refusal.status in KEPT_REFUSALS and self._settings.dead_letter_topic:
-            try:  # strict mode: refused, and a copy kept for the operators
-                await self._delivery.keep([self._dead_letter(body, refusal, node, declared)])
-                outcome["kept"] = True
-                self._metrics.dead_letters.inc()
-            except Unavailable:
-                outcome["kept"] = False
-        await answer(send, refusal.status, protocol.failure_body(refusal), refusal.headers)
-        elapsed = time.perf_counter() - started
-        self._metrics.pushes.labels(refusal.retcode).inc()
-        self._metrics.rejected.labels(refusal.reason).inc()
-        self._metrics.push_seconds.observe(elapsed)
-        if outcome["workNo"] is not None:
-            self._risk.failed(outcome["workNo"])
-        outcome.update(retcode=refusal.retcode, status=refusal.status, reason=refusal.message,
-                       duration_ms=round(elapsed * 1000, 2))
-        log.warning("pushEvent refused", extra={"fields": outcome})
 
 
 async def not_found(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from datetime import UTC, datetime
+from typing import TextIO
 
 import orjson
 
@@ -35,26 +36,35 @@ class Repeats(logging.Filter):
     def __init__(self, prefix: str = "aiokafka", window_s: float = 60.0, memory: int = 1000) -> None:
         super().__init__()
         self._prefix, self._window_s, self._memory = prefix, window_s, memory
-        self._seen: dict[tuple[str, object], list] = {}  # (logger, template) -> [last passed, held back]
+        self._seen: dict[tuple[str, object], _Passed] = {}  # by (logger, template)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(self._prefix):
             return True
         key = (record.name, record.msg)
         entry = self._seen.get(key)
-        if entry is not None and record.created - entry[0] < self._window_s:
-            entry[1] += 1
+        if entry is not None and record.created - entry.at < self._window_s:
+            entry.held_back += 1
             return False
-        if entry is not None and entry[1]:
-            record.fields = {**getattr(record, "fields", {}), "repeated": entry[1],
+        if entry is not None and entry.held_back:
+            record.fields = {**getattr(record, "fields", {}), "repeated": entry.held_back,
                              "repeated_within_s": self._window_s}
         if len(self._seen) >= self._memory:
             self._seen.clear()
-        self._seen[key] = [record.created, 0]
+        self._seen[key] = _Passed(record.created)
         return True
 
 
-class BatchedStderr(logging.StreamHandler):
+class _Passed:
+    """When a message last passed, and how many like it were held back since."""
+
+    __slots__ = ("at", "held_back")
+
+    def __init__(self, at: float) -> None:
+        self.at, self.held_back = at, 0
+
+
+class BatchedStderr(logging.StreamHandler[TextIO]):
     """Standard error, written in batches: lines below WARNING wait up to `interval_s` for the ones
     after them, so a busy bridge makes a few writes a second instead of one per push; warnings and
     errors go out at once, and everything is flushed at exit. (A kill -9 loses at most the last

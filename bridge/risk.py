@@ -14,12 +14,22 @@ import time
 log = logging.getLogger("bridge.risk")
 
 
+class Streak:
+    """One agent's run of failed pushes."""
+
+    __slots__ = ("first", "last", "warned")
+
+    def __init__(self, now: float) -> None:
+        self.first = self.last = now
+        self.warned = False
+
+
 class AgentRisk:
     def __init__(self, cap: int = 50_000, warn_after_s: float = 60.0, forget_after_s: float = 300.0) -> None:
         self._cap = cap
         self._warn_after_s = warn_after_s
         self._forget_after_s = forget_after_s
-        self._streaks: dict[str, list] = {}  # workNo -> [first failure, last failure, warned]
+        self._streaks: dict[str, Streak] = {}  # by workNo
 
     def failed(self, work_no: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -29,29 +39,29 @@ class AgentRisk:
                 self._forget(now)
                 if len(self._streaks) >= self._cap:
                     return
-            self._streaks[work_no] = streak = [now, now, False]
-        streak[1] = now
-        if not streak[2] and now - streak[0] >= self._warn_after_s:
-            streak[2] = True
+            self._streaks[work_no] = streak = Streak(now)
+        streak.last = now
+        if not streak.warned and now - streak.first >= self._warn_after_s:
+            streak.warned = True
             log.warning("agent %s: pushes failing for %.0f s; the gateway signs the agent out at 120 s",
-                        work_no, now - streak[0], extra={"fields": {"workNo": work_no}})
+                        work_no, now - streak.first, extra={"fields": {"workNo": work_no}})
 
     def succeeded(self, work_no: str, now: float | None = None) -> None:
         if not self._streaks:
             return
         streak = self._streaks.pop(work_no, None)
-        if streak is not None and streak[2]:
+        if streak is not None and streak.warned:
             now = time.monotonic() if now is None else now
-            log.warning("agent %s: pushes succeed again after %.0f s of failures", work_no, now - streak[0],
+            log.warning("agent %s: pushes succeed again after %.0f s of failures", work_no, now - streak.first,
                         extra={"fields": {"workNo": work_no}})
 
     def failing_longer_than(self, seconds: float, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
         self._forget(now)
-        return sum(1 for first, _, _ in self._streaks.values() if now - first > seconds)
+        return sum(1 for streak in self._streaks.values() if now - streak.first > seconds)
 
     def _forget(self, now: float) -> None:
-        stale = [w for w, (_, last, _) in self._streaks.items() if now - last > self._forget_after_s]
+        stale = [w for w, streak in self._streaks.items() if now - streak.last > self._forget_after_s]
         for work_no in stale:
             del self._streaks[work_no]
 

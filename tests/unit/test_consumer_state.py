@@ -5,7 +5,7 @@ import random
 import sys
 
 from bridge.consumer import AgentEvent
-from bridge.consumer_state import Progress, RecentIds, receipt_ms
+from bridge.consumer.state import Progress, RecentIds, receipt_ms
 
 
 def test_a_repeated_id_of_the_same_agent_is_recognised_within_the_window():

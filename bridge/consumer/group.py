@@ -1,27 +1,4 @@
-"""A subscriber's side of the bridge's topics: each agent's events once and in order (aiokafka).
-
-    async def handle(event: AgentEvent) -> None: ...       # the application
-    consumer = AgentEventConsumer(["cc.agent.events"], handle, group_id="wallboard",
-                                  bootstrap_servers="127.0.0.1:9092")
-    await consumer.run()                                    # until consumer.stop()
-
-What it does with the records (docs/subscribers.md has the whole story):
-- reads committed data only (`isolation_level="read_committed"`);
-- per agent (record key), hands events to `handle` one at a time, in offset order; different
-  agents run concurrently, at most `max_concurrency` at once;
-- drops a record whose ce_id was already seen for that agent within `dedup_window_s` (by the
-  bridge's receipt time, ce_time); the memory holds at most `dedup_capacity` ids, whatever the
-  number of agents (the least recently active agents are forgotten first);
-- commits, per partition, only the offsets below the oldest record `handle` has not finished;
-- on a rebalance and on `stop()`, lets `handle` finish every record already fetched (at most
-  `max_buffered`), commits, and only then lets the partitions go;
-- on getting partitions, re-reads up to `warmup_records` records before each committed position
-  to remember their ids, so a gateway retry that straddles a restart is still dropped.
-
-It cannot know what `handle` did before a crash: records handled but not yet committed come again
-after a restart. An application whose store records, with its own writes, the position of the last
-event it applied per agent skips them (see `AgentEvent.position`).
-"""
+"""The consumer group member behind `AgentEventConsumer` (see the package's docstring)."""
 from __future__ import annotations
 
 import asyncio
@@ -29,66 +6,16 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from .consumer_state import Progress, RecentIds, receipt_ms
+from .event import AgentEvent, Handler, parse
+from .state import Progress, RecentIds, receipt_ms
 
 log = logging.getLogger("bridge.consumer")
-
-
-@dataclass(frozen=True, slots=True)
-class AgentEvent:
-    """One event as the application gets it: the agent (record key), the event (the value, parsed)
-    and the headers as text, plus where it was read."""
-
-    agent: str
-    event: Any
-    headers: dict[str, str]
-    topic: str
-    partition: int
-    offset: int
-
-    @property
-    def ce_id(self) -> str | None:
-        return self.headers.get("ce_id")
-
-    @property
-    def ce_type(self) -> str | None:
-        return self.headers.get("ce_type")
-
-    @property
-    def spooled(self) -> bool:
-        return self.headers.get("bridge_spooled") == "true"
-
-    @property
-    def position(self) -> tuple[str, int, int]:
-        """(topic, partition, offset): store it with what the event changed, and skip an event of
-        the same agent whose position is not after the stored one (it was applied before a crash)."""
-        return self.topic, self.partition, self.offset
-
-    def is_after(self, stored: Iterable | None) -> bool:
-        """Whether this event comes after `stored` (a `position` kept by the application, or None)."""
-        if stored is None:
-            return True
-        topic, partition, offset = stored
-        return (topic, partition) != (self.topic, self.partition) or self.offset > offset
-
-
-Handler = Callable[[AgentEvent], Awaitable[None]]
-
-
-def parse(value: bytes | None) -> Any:
-    """The record value as JSON (what the event topics hold); other bytes are passed on as they are."""
-    try:
-        return orjson.loads(value) if value is not None else None
-    except orjson.JSONDecodeError:
-        return value
 
 
 @dataclass
@@ -128,14 +55,21 @@ class AgentEventConsumer:
         self.recent = RecentIds(dedup_capacity, dedup_window_s * 1000)
         self._progress: dict[TopicPartition, Progress] = {}
         self._lanes: dict[str, deque[tuple[TopicPartition, AgentEvent]]] = {}
-        self._workers: dict[str, asyncio.Task] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(max_concurrency)
         self._pending = 0
         self._changed = asyncio.Event()  # set whenever a record finishes (or fails)
         self._stopping = asyncio.Event()
         self._failure: BaseException | None = None
         self._to_warm: set[TopicPartition] = set()  # assigned, paused until their warm-up is done
-        self._consumer: AIOKafkaConsumer | None = None
+        self._member: AIOKafkaConsumer | None = None
+
+    @property
+    def _consumer(self) -> AIOKafkaConsumer:
+        """The group member of the current `run` (only used while it runs)."""
+        if self._member is None:
+            raise RuntimeError("the consumer is not running")
+        return self._member
 
     def stop(self) -> None:
         """Ask `run` to finish: what was fetched is handled and committed, then it returns."""
@@ -145,8 +79,8 @@ class AgentEventConsumer:
         """Consume until `stop()`. If `handler` raises, fetching stops, the other agents finish the
         event in hand, what is finished is committed and the exception is raised here. Cancelling
         `run` abandons the work in progress without committing it, as a crash would."""
-        self._consumer = AIOKafkaConsumer(**self.client_options, group_id=self.group_id, enable_auto_commit=False,
-                                          isolation_level="read_committed")
+        self._member = AIOKafkaConsumer(**self.client_options, group_id=self.group_id, enable_auto_commit=False,
+                                        isolation_level="read_committed")
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         await self._consumer.start()
         try:
@@ -240,8 +174,8 @@ class AgentEventConsumer:
         offsets = {}
         for tp in tps:
             progress = self._progress.get(tp)
-            offset = progress.committable() if progress else None
-            if offset is not None and offset != progress.committed:
+            offset = progress.committable() if progress is not None else None
+            if progress is not None and offset is not None and offset != progress.committed:
                 offsets[tp] = offset
         if not offsets:
             return
