@@ -5,26 +5,30 @@ as its declaration in bridge.settings says (type, range, parser); then RULES, th
 defaults that tie settings together. The first problem raises ConfigError naming the variable;
 `python -m bridge serve` prints it and exits with code 2 before opening any port. The rest of the
 code receives the Settings and never reads the environment itself.
-
-`python -m bridge.config` prints docs/configuration.md's table of settings, built from the
-declarations; `--update FILE` writes it into FILE in place of the table there.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import sys
-import types
 import typing
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from .settings import PREFIX, TOKEN_PATTERN, ConfigError, Declaration, Route, SaslMechanism, Settings
+from .settings import (
+    PREFIX,
+    TOKEN_PATTERN,
+    ConfigError,
+    Declaration,
+    Route,
+    SaslMechanism,
+    Settings,
+    choices_of,
+    optional_of,
+)
 
-__all__ = ["PREFIX", "RULES", "TOKEN_PATTERN", "ConfigError", "Route", "Settings", "load", "table", "with_table"]
+__all__ = ["PREFIX", "RULES", "TOKEN_PATTERN", "ConfigError", "Route", "Settings", "load"]
 
 Given = frozenset[str]  # the fields whose variable is set (not blank)
 Rule = Callable[[Settings, Given], Settings]
@@ -89,32 +93,42 @@ class _Setting:
     read: Callable[[str, str], Any]
 
 
-def _declared() -> tuple[_Setting, ...]:
-    """Every field of Settings, checked once at import: a mistake in a declaration fails every test."""
-    hints = typing.get_type_hints(Settings)
+def _mistake(f: dataclasses.Field[Any], hint: Any, choices: tuple[str, ...], read: object) -> str | None:
+    declaration: Declaration = f.metadata["setting"]
+    if read is None:
+        return f"no reader for {hint}: give its declaration parse="
+    if (hint in (int, float)) != (declaration.within is not None):
+        return "a number needs `within`, and only a number has one"
+    if declaration.within is not None and isinstance(f.default, int | float) and not (
+            declaration.within[0] <= f.default <= declaration.within[1]):
+        return "its default is outside `within`"
+    if declaration.secret and hint is not str:
+        return "`secret` is for text"
+    if "{choices}" in declaration.doc and not choices:
+        return "`{choices}` in its doc needs a Literal type"
+    return None
+
+
+def _declared(cls: type[Any]) -> tuple[_Setting, ...]:
+    """The fields of `cls` (Settings) with their readers. A mistake in a declaration raises TypeError
+    at import, so it fails every test rather than a start in production."""
+    hints = typing.get_type_hints(cls)
     found = []
-    for f in dataclasses.fields(Settings):
+    for f in dataclasses.fields(cls):
         declaration = f.metadata.get("setting")
         if not isinstance(declaration, Declaration):
             raise TypeError(f"Settings.{f.name}: declare it with setting() or required()")
-        hint = hints[f.name]
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: unset means None
-            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-        literal = typing.get_origin(hint) is Literal
-        choices = tuple(typing.get_args(hint)) if literal else ()
-        read = declaration.parse or (partial(_choice, choices) if literal else _READERS.get(hint))
-        if read is None:
-            raise TypeError(f"Settings.{f.name}: no reader for {hint}; give its declaration parse=")
-        if (hint in (int, float)) != (declaration.within is not None) or (declaration.secret and hint is not str):
-            raise TypeError(f"Settings.{f.name}: a number needs `within` (and nothing else has one); "
-                            "`secret` is for text")
-        if declaration.within and not (isinstance(f.default, int | float) and declaration.within[0] <= f.default <= declaration.within[1]):
-            raise TypeError(f"Settings.{f.name}: the default is outside `within`")
+        hint = optional_of(hints[f.name])  # X of X | None: unset means None
+        choices = choices_of(hint)
+        read = declaration.parse or (partial(_choice, choices) if choices else _READERS.get(hint))
+        mistake = _mistake(f, hint, choices, read)
+        if mistake is not None or read is None:
+            raise TypeError(f"Settings.{f.name}: {mistake}")
         found.append(_Setting(f.name, PREFIX + f.name.upper(), f.default, choices, declaration, read))
     return tuple(found)
 
 
-SETTINGS = _declared()
+SETTINGS = _declared(Settings)
 _VARIABLES = frozenset(s.variable for s in SETTINGS)
 
 
@@ -232,67 +246,3 @@ def _management(s: Settings, given: Given) -> Settings:
 # changed where a default depends on another setting.
 RULES: tuple[Rule, ...] = (_https, _tokens, _kafka_client_certificate, _sasl, _dead_letters, _publish_timeout,
                            _management)
-
-
-# --------------------------------------------------------------------- the documentation's table
-
-TABLE_HEADER = "| variable | default | meaning |"
-
-
-def _number_text(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _shown(value: object) -> str:
-    if value is dataclasses.MISSING:
-        return "(required)"
-    if value is None or value == ():
-        return "none"
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    return f"`{_number_text(value)}`" if isinstance(value, float) else f"`{value}`"
-
-
-def _listed(choices: tuple[str, ...]) -> str:
-    quoted = [f"`{c}`" for c in choices]
-    return f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else "".join(quoted)
-
-
-def table() -> str:
-    """docs/configuration.md's table of settings: one row per setting, in declaration order."""
-    rows = [TABLE_HEADER, "|----------|---------|---------|"]
-    for s in SETTINGS:
-        d = s.declaration
-        default = (d.shown or "{default}").replace("{default}", _shown(s.default))
-        meaning = d.doc.replace("{choices}", _listed(s.choices))
-        if d.within is not None:
-            meaning += f"; from `{_number_text(d.within[0])}` to `{_number_text(d.within[1])}`"
-        rows.append(f"| `{s.variable}` | {default} | {meaning} |")
-    return "\n".join(rows)
-
-
-def with_table(page: str) -> str:
-    """`page` with its table of settings (from TABLE_HEADER to the first line that is not a row)
-    replaced by table()."""
-    start = page.find(TABLE_HEADER)
-    if start < 0:
-        raise ValueError(f"no table of settings (a line {TABLE_HEADER!r}) in the page")
-    lines = page[start:].split("\n")
-    end = next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
-    return page[:start] + "\n".join([table(), *lines[end:]])
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridge.config", description="Print the table of settings "
-                                     "that docs/configuration.md shows, built from the declarations.")
-    parser.add_argument("--update", metavar="FILE", type=Path, help="write the table into FILE (in place of its own)")
-    args = parser.parse_args(argv)
-    if args.update is None:
-        print(table())
-    else:
-        args.update.write_text(with_table(args.update.read_text()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

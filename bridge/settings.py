@@ -7,15 +7,19 @@ a parser for anything the type alone does not say, and the line docs/configurati
 bridge.config reads the environment by these declarations and then applies the rules that tie
 settings together.
 
-Adding a setting: one field here; then `python -m bridge.config --update docs/configuration.md`
+Adding a setting: one field here; then `python -m bridge.settings --update docs/configuration.md`
 (a test fails until the page matches); and, only if it depends on other settings, one rule in
 bridge.config.
 """
 from __future__ import annotations
 
+import argparse
 import re
+import sys
+import types
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -57,6 +61,7 @@ class Declaration:
 
 def setting(default: T, doc: str, *, within: tuple[float, float] | None = None,
             parse: Callable[[str, str], Any] | None = None, shown: str | None = None, secret: bool = False) -> T:
+    """A setting with a default (see Declaration for the rest)."""
     declaration = Declaration(doc, within, parse, shown, secret)
     return field(default=default, repr=not secret, metadata={"setting": declaration})
 
@@ -124,7 +129,8 @@ class Settings:
     kafka_ssl_certfile: Path | None = setting(
         None, "client certificate, PEM, for brokers that require mutual TLS; goes with `BRIDGE_KAFKA_SSL_KEYFILE`")
     kafka_ssl_keyfile: Path | None = setting(None, "the client certificate's private key, PEM")
-    kafka_sasl_mechanism: SaslMechanism | None = setting(None, "how the bridge logs in: {choices}", shown=REQUIRED_WITH_SASL)
+    kafka_sasl_mechanism: SaslMechanism | None = setting(
+        None, "how the bridge logs in: {choices}", shown=REQUIRED_WITH_SASL)
     kafka_sasl_username: str | None = setting(None, "the SASL user", shown=REQUIRED_WITH_SASL)
     kafka_sasl_password: str | None = setting(
         None, "its password; give this or the next one, not both", secret=True)
@@ -138,8 +144,8 @@ class Settings:
     host: str = setting("127.0.0.1", "listen address (`0.0.0.0` in containers)")
     port: int = setting(8043, "listen port (the gateway's own HTTPS port convention)", within=(1, 65535))
     management_host: str = setting("127.0.0.1", "listen address of the management port", shown="`BRIDGE_HOST`")
-    management_port: int = setting(8081, "`/healthz`, `/readyz`, `/metrics` (plain HTTP); must differ from `BRIDGE_PORT`",
-                                   within=(1, 65535))
+    management_port: int = setting(
+        8081, "`/healthz`, `/readyz`, `/metrics` (plain HTTP); must differ from `BRIDGE_PORT`", within=(1, 65535))
     push_path: str = setting("/service-cloud/rest/cc-ai/v1/agentevent/pushresult", "the callback path",
                              parse=url_path)
     tls_certfile: Path | None = setting(
@@ -200,3 +206,80 @@ class Settings:
         """Every topic the bridge may write to, default first."""
         extra = [self.dead_letter_topic] if self.dead_letter_topic else []
         return tuple(dict.fromkeys([self.topic, *(r.topic for r in self.routes), *extra]))
+
+
+# ------------------------------------------------------------------- docs/configuration.md's table
+
+TABLE_HEADER = "| variable | default | meaning |"
+
+
+def optional_of(hint: Any) -> Any:
+    """X of `X | None`; any other type as it is."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def choices_of(hint: Any) -> tuple[str, ...]:
+    """The values of a Literal type; () for any other type."""
+    return tuple(typing.get_args(hint)) if typing.get_origin(hint) is Literal else ()
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _shown(value: object) -> str:
+    if value is MISSING:
+        return "(required)"
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{_number(value)}`" if isinstance(value, float) else f"`{value}`"
+
+
+def _listed(choices: tuple[str, ...]) -> str:
+    quoted = [f"`{c}`" for c in choices]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else "".join(quoted)
+
+
+def table() -> str:
+    """docs/configuration.md's table of settings: one row per setting, in declaration order."""
+    hints = typing.get_type_hints(Settings)
+    rows = [TABLE_HEADER, "|----------|---------|---------|"]
+    for f in fields(Settings):
+        d: Declaration = f.metadata["setting"]
+        default = (d.shown or "{default}").replace("{default}", _shown(f.default))
+        meaning = d.doc.replace("{choices}", _listed(choices_of(optional_of(hints[f.name]))))
+        if d.within is not None:
+            meaning += f"; from `{_number(d.within[0])}` to `{_number(d.within[1])}`"
+        rows.append(f"| `{PREFIX}{f.name.upper()}` | {default} | {meaning} |")
+    return "\n".join(rows)
+
+
+def with_table(page: str) -> str:
+    """`page` with its table of settings (from TABLE_HEADER to the first line that is not a row)
+    replaced by table()."""
+    start = page.find(TABLE_HEADER)
+    if start < 0:
+        raise ValueError(f"no table of settings (a line {TABLE_HEADER!r}) in the page")
+    lines = page[start:].split("\n")
+    end = next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
+    return page[:start] + "\n".join([table(), *lines[end:]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bridge.settings", description="Print the table of "
+                                     "settings that docs/configuration.md shows, built from the declarations.")
+    parser.add_argument("--update", metavar="FILE", type=Path, help="write the table into FILE, in place of its own")
+    args = parser.parse_args(argv)
+    if args.update is None:
+        print(table())
+    else:
+        args.update.write_text(with_table(args.update.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
