@@ -18,6 +18,7 @@ from typing import Any
 
 from .settings import (
     PREFIX,
+    SPOOLED_PUBLISH_TIMEOUT_S,
     TOKEN_PATTERN,
     ConfigError,
     Declaration,
@@ -83,12 +84,11 @@ _READERS: dict[object, Callable[[str, str], Any]] = {
 
 @dataclasses.dataclass(frozen=True)
 class _Setting:
-    """A field of Settings with what reading and documenting it takes."""
+    """A field of Settings with what reading it takes."""
 
     name: str
     variable: str
     default: Any  # dataclasses.MISSING for a required setting
-    choices: tuple[str, ...]  # a Literal setting's values, else ()
     declaration: Declaration
     read: Callable[[str, str], Any]
 
@@ -124,16 +124,12 @@ def _declared(cls: type[Any]) -> tuple[_Setting, ...]:
         mistake = _mistake(f, hint, choices, read)
         if mistake is not None or read is None:
             raise TypeError(f"Settings.{f.name}: {mistake}")
-        found.append(_Setting(f.name, PREFIX + f.name.upper(), f.default, choices, declaration, read))
+        found.append(_Setting(f.name, PREFIX + f.name.upper(), f.default, declaration, read))
     return tuple(found)
 
 
 SETTINGS = _declared(Settings)
 _VARIABLES = frozenset(s.variable for s in SETTINGS)
-
-
-def _plain(doc: str) -> str:
-    return doc.replace("`", "")
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -149,7 +145,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         text = text if text is None or s.declaration.secret else text.strip()
         if not text:
             if s.default is dataclasses.MISSING:
-                raise ConfigError(f"{s.variable} is not set: {_plain(s.declaration.doc)}")
+                raise ConfigError(f"{s.variable} is not set: {s.declaration.doc.replace('`', '')}")
             continue  # the default declared in Settings
         value = values[s.name] = s.read(s.variable, text)
         if s.declaration.within is not None and not s.declaration.within[0] <= value <= s.declaration.within[1]:
@@ -230,9 +226,8 @@ def _dead_letters(s: Settings, given: Given) -> Settings:
 
 
 def _publish_timeout(s: Settings, given: Given) -> Settings:
-    # With a spool the wait is short: a push Kafka is slow to take is spooled and answered at once.
     if "publish_timeout_s" not in given and s.spool_dir is not None:
-        return dataclasses.replace(s, publish_timeout_s=2.0)
+        return dataclasses.replace(s, publish_timeout_s=SPOOLED_PUBLISH_TIMEOUT_S)
     return s
 
 

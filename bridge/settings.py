@@ -113,6 +113,8 @@ def token_list(name: str, value: str) -> tuple[str, ...]:
     return found
 
 
+# With a spool the wait for Kafka is short: a push Kafka is slow to take is spooled and answered at once.
+SPOOLED_PUBLISH_TIMEOUT_S = 2.0
 REQUIRED_WITH_SASL = "(required with `SASL_*`)"
 REQUIRED_FOR_HTTPS = "(required for HTTPS)"
 
@@ -192,7 +194,7 @@ class Settings:
         1000, "pushes processed at once by one process; more are refused with 503", within=(1, 1_000_000))
     publish_timeout_s: float = setting(
         5.0, "longest wait for Kafka's acknowledgement before the push is spooled (or, with no spool, answered 503)",
-        within=(0.1, 60.0), shown="{default}; `2` with a spool")
+        within=(0.1, 60.0), shown=f"{{default}}; `{SPOOLED_PUBLISH_TIMEOUT_S:g}` with a spool")
     shutdown_timeout_s: float = setting(
         20.0, "on SIGTERM, how long in-flight pushes may take to finish", within=(0.0, 600.0))
 
