@@ -1,9 +1,11 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from bridge import config
-from bridge.config import ConfigError, Route
+from bridge.config import ConfigError, Route, Settings
+from bridge.settings import setting
 
 BASE = {"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092", "BRIDGE_INSECURE_HTTP": "true",
         "BRIDGE_SERVICE_TOKENS": "alpha,beta_2"}
@@ -63,12 +65,63 @@ def test_routes_and_topics():
     ({"BRIDGE_DEAD_LETTER_TOPIC": "a b"}, "BRIDGE_DEAD_LETTER_TOPIC"),
     ({"BRIDGE_ATOMIC_PUSHES": "sometimes"}, "BRIDGE_ATOMIC_PUSHES"),
     ({"BRIDGE_PUSH_LOG_LEVEL": "trace"}, "BRIDGE_PUSH_LOG_LEVEL"),
+    ({"BRIDGE_PORT": "8043.0"}, "BRIDGE_PORT"),
+    ({"BRIDGE_SPOOL_MAX_BYTES": "1e9"}, "BRIDGE_SPOOL_MAX_BYTES"),
+    ({"BRIDGE_PUBLISH_TIMEOUT_S": "nan"}, "BRIDGE_PUBLISH_TIMEOUT_S"),
+    ({"BRIDGE_SHUTDOWN_TIMEOUT_S": "soon"}, "BRIDGE_SHUTDOWN_TIMEOUT_S"),
+    ({"BRIDGE_KAFKA_SSL_KEYFILE": "/nonexistent/key.pem"}, "BRIDGE_KAFKA_SSL_KEYFILE"),
 ])
 def test_invalid_settings_name_the_variable(env, names):
     merged = {**BASE, **env}
     with pytest.raises(ConfigError) as error:
         config.load({k: v for k, v in merged.items() if v is not None})
     assert str(error.value).startswith(names)
+
+
+def test_unset_and_blank_variables_take_the_declared_defaults():
+    for settings in (config.load(BASE), config.load({**BASE, "BRIDGE_PORT": "  ", "BRIDGE_TOPIC": ""})):
+        for f in dataclasses.fields(Settings):
+            if f"BRIDGE_{f.name.upper()}" not in BASE:
+                assert getattr(settings, f.name) == f.default, f.name
+
+
+def test_numbers_are_read_as_their_declared_type():
+    settings = config.load({**BASE, "BRIDGE_PORT": " 9443 ", "BRIDGE_SHUTDOWN_TIMEOUT_S": "3"})
+    assert settings.port == 9443 and type(settings.port) is int
+    assert settings.shutdown_timeout_s == 3.0 and type(settings.shutdown_timeout_s) is float
+    assert type(config.load({**BASE, "BRIDGE_MAX_BODY_BYTES": "2048"}).max_body_bytes) is int
+
+
+def test_management_host_follows_host_unless_set():
+    assert config.load({**BASE, "BRIDGE_HOST": "0.0.0.0"}).management_host == "0.0.0.0"
+    settings = config.load({**BASE, "BRIDGE_HOST": "0.0.0.0", "BRIDGE_MANAGEMENT_HOST": "127.0.0.1"})
+    assert (settings.host, settings.management_host) == ("0.0.0.0", "127.0.0.1")
+
+
+def test_an_unknown_variable_is_named_before_the_setting_it_misspells():
+    env = {k: v for k, v in BASE.items() if k != "BRIDGE_INSECURE_HTTP"}
+    with pytest.raises(ConfigError) as error:
+        config.load({**env, "BRIDGE_TLS_CERTFLE": "/etc/tls/server.pem"})
+    assert str(error.value).startswith("BRIDGE_TLS_CERTFLE is not a setting")
+
+
+def _declaration_mistake(**fields: tuple[type, object]) -> str:
+    with pytest.raises(TypeError) as error:
+        config._declared(dataclasses.make_dataclass("Bad", [(n, t, d) for n, (t, d) in fields.items()]))
+    return str(error.value)
+
+
+def test_mistakes_in_declarations_are_caught_at_import():
+    """So a new setting cannot be half declared: these fail every test rather than a start."""
+    assert "setting()" in _declaration_mistake(port=(int, dataclasses.field(default=1)))
+    assert "within" in _declaration_mistake(port=(int, setting(1, "a port")))
+    assert "within" in _declaration_mistake(name=(str, setting("x", "a name", within=(1, 2))))
+    assert "outside" in _declaration_mistake(port=(int, setting(0, "a port", within=(1, 2))))
+    assert "parse=" in _declaration_mistake(items=(list[str], setting(None, "items")))
+    assert "secret" in _declaration_mistake(key=(Path, setting(None, "a key", secret=True)))
+    assert "Literal" in _declaration_mistake(mode=(str, setting("a", "one of {choices}")))
+    assert [s.name for s in config._declared(dataclasses.make_dataclass(
+        "Good", [("port", int, setting(1, "a port", within=(1, 2)))]))] == ["port"]
 
 
 def test_token_values_never_appear_in_errors():

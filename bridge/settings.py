@@ -1,0 +1,287 @@
+"""Every setting of the bridge, declared once: the fields of `Settings`.
+
+A field is a setting. Its name gives the variable (BRIDGE_ and the name in capitals); its annotation
+gives how the text is read (int, float, bool, str, Path: an existing file, a Literal: one of its
+values, case ignored; `| None`: unset means None); `setting()` gives the default, the accepted range,
+a parser for anything the type alone does not say, and the line docs/configuration.md shows.
+bridge.config reads the environment by these declarations and then applies the rules that tie
+settings together.
+
+Adding a setting: one field here; then `python -m bridge.settings --update docs/configuration.md`
+(a test fails until the page matches); and, only if it depends on other settings, one rule in
+bridge.config.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+PREFIX = "BRIDGE_"
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,50}")
+TOPIC_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+MalformedPushes = Literal["quarantine", "refuse"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message starts with the variable's name."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Events whose eventType matches `pattern` (a shell-style glob) go to `topic`."""
+
+    pattern: str
+    topic: str
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What a setting's annotation and default do not say. In `doc`, `{choices}` stands for the
+    values of a Literal setting; in `shown`, `{default}` for the default as the table writes it."""
+
+    doc: str
+    within: tuple[float, float] | None = None  # numbers: lowest and highest accepted, both included
+    parse: Callable[[str, str], Any] | None = None  # (variable, text) -> value; raises ConfigError
+    shown: str | None = None  # the default column, where the value alone would mislead
+    secret: bool = False  # taken exactly as given (no stripping), never in repr or a message
+
+
+def setting(default: T, doc: str, *, within: tuple[float, float] | None = None,
+            parse: Callable[[str, str], Any] | None = None, shown: str | None = None, secret: bool = False) -> T:
+    """A setting with a default (see Declaration for the rest)."""
+    declaration = Declaration(doc, within, parse, shown, secret)
+    return field(default=default, repr=not secret, metadata={"setting": declaration})
+
+
+def required(doc: str, *, parse: Callable[[str, str], Any] | None = None) -> Any:
+    """A setting without a default: the bridge does not start without it ("is not set: <doc>")."""
+    return field(metadata={"setting": Declaration(doc, parse=parse)})
+
+
+# Parsers for values whose type alone does not say what is valid. `name` is the variable's name.
+
+def kafka_topic(name: str, value: str) -> str:
+    if not TOPIC_PATTERN.fullmatch(value) or value in (".", ".."):
+        raise ConfigError(f"{name}: {value!r} is not a valid Kafka topic name")
+    return value
+
+
+def topic_or_off(name: str, value: str) -> str | None:
+    return None if value.lower() == "off" else kafka_topic(name, value)
+
+
+def directory_or_off(name: str, value: str) -> Path | None:
+    return None if value.lower() == "off" else Path(value)
+
+
+def url_path(name: str, value: str) -> str:
+    if not value.startswith("/"):
+        raise ConfigError(f"{name}={value!r} must start with '/'")
+    return value
+
+
+def route_list(name: str, value: str) -> tuple[Route, ...]:
+    found = []
+    for item in value.split(","):
+        pattern, sep, target = item.strip().partition("=")
+        if not sep or not pattern.strip():
+            raise ConfigError(f"{name}: {item.strip()!r} is not PATTERN=TOPIC")
+        found.append(Route(pattern.strip(), kafka_topic(name, target.strip())))
+    return tuple(found)
+
+
+def token_list(name: str, value: str) -> tuple[str, ...]:
+    found = tuple(t.strip() for t in value.split(",") if t.strip())
+    for token in found:
+        if not TOKEN_PATTERN.fullmatch(token):
+            # Never echo the token itself: it is a secret.
+            raise ConfigError(f"{name}: a token of {len(token)} characters is not 1-50 of A-Z, a-z, 0-9, '-' "
+                              "or '_' (the gateway refuses other tokens)")
+    return found
+
+
+# With a spool the wait for Kafka is short: a push Kafka is slow to take is spooled and answered at once.
+SPOOLED_PUBLISH_TIMEOUT_S = 2.0
+REQUIRED_WITH_SASL = "(required with `SASL_*`)"
+REQUIRED_FOR_HTTPS = "(required for HTTPS)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings, in the order of docs/configuration.md's table."""
+
+    # Kafka: where it is and how to log in
+    kafka_bootstrap_servers: str = required("`host:port[,host:port...]` of the Kafka brokers")
+    kafka_security_protocol: KafkaProtocol = setting("PLAINTEXT", "how the bridge talks to Kafka: {choices}")
+    kafka_ssl_cafile: Path | None = setting(
+        None, "PEM file of the CA that signed the brokers' certificates", shown="system CAs")
+    kafka_ssl_certfile: Path | None = setting(
+        None, "client certificate, PEM, for brokers that require mutual TLS; goes with `BRIDGE_KAFKA_SSL_KEYFILE`")
+    kafka_ssl_keyfile: Path | None = setting(None, "the client certificate's private key, PEM")
+    kafka_sasl_mechanism: SaslMechanism | None = setting(
+        None, "how the bridge logs in: {choices}", shown=REQUIRED_WITH_SASL)
+    kafka_sasl_username: str | None = setting(None, "the SASL user", shown=REQUIRED_WITH_SASL)
+    kafka_sasl_password: str | None = setting(
+        None, "its password; give this or the next one, not both", secret=True)
+    kafka_sasl_password_file: Path | None = setting(
+        None, "a file holding the password (e.g. a mounted Kubernetes Secret); a trailing line end is dropped")
+    kafka_linger_ms: int = setting(
+        0, "how long the producer waits to fill a batch (0: batches still form while a request is in flight; in "
+        "atomic mode also how long pushes gather into one transaction)", within=(0, 1000))
+
+    # The push endpoint and the management endpoint
+    host: str = setting("127.0.0.1", "listen address (`0.0.0.0` in containers)")
+    port: int = setting(8043, "listen port (the gateway's own HTTPS port convention)", within=(1, 65535))
+    management_host: str = setting("127.0.0.1", "listen address of the management port", shown="`BRIDGE_HOST`")
+    management_port: int = setting(
+        8081, "`/healthz`, `/readyz`, `/metrics` (plain HTTP); must differ from `BRIDGE_PORT`", within=(1, 65535))
+    push_path: str = setting("/service-cloud/rest/cc-ai/v1/agentevent/pushresult", "the callback path",
+                             parse=url_path)
+    tls_certfile: Path | None = setting(
+        None, "server certificate chain, PEM; TLS 1.2 is the minimum, TLS 1.3 preferred", shown=REQUIRED_FOR_HTTPS)
+    tls_keyfile: Path | None = setting(None, "the server certificate's private key, PEM", shown=REQUIRED_FOR_HTTPS)
+    insecure_http: bool = setting(False, "`true` serves plain HTTP, for deployments that terminate TLS in front")
+    service_tokens: tuple[str, ...] = setting(
+        (), "comma-separated accepted `service_token` values; list two while rotating", parse=token_list,
+        shown="(required)")
+    allow_no_token: bool = setting(False, "`true` with no tokens configured accepts pushes without a token "
+                                   "(logged as a security warning at start)")
+
+    # Where events go
+    topic: str = setting("cc.agent.events", "default topic", parse=kafka_topic)
+    routes: tuple[Route, ...] = setting(
+        (), "`GLOB=TOPIC,...`, first match wins, e.g. `AgentChat_*=cc.agent.chat,AgentMediaEvent_*=cc.agent.media`",
+        parse=route_list)
+    dead_letter_topic: str | None = setting(
+        "cc.agent.deadletter", "where malformed pushes of authenticated senders are kept; `off` disables (and with "
+        "it quarantine)", parse=topic_or_off)
+    malformed_pushes: MalformedPushes = setting(
+        "quarantine", "`quarantine`: a malformed push from an authenticated sender is kept in the dead-letter topic "
+        "and answered `\"0\"`; `refuse`: answered 400/413/415 (and still kept), for integration testing",
+        shown="{default} (`refuse` when the dead-letter topic is `off`)")
+    spool_dir: Path | None = setting(
+        None, "directory of the outage spool (the process claims a free `slot-N` under it); unset or `off`: no "
+        "spool, pushes get 503 while Kafka cannot take them", parse=directory_or_off)
+    spool_max_bytes: int = setting(1 << 30, "size limit of the spool on disk; past it pushes that need the spool "
+                                   "get 503", within=(1 << 20, 1 << 50))
+    atomic_pushes: bool = setting(
+        False, "write each push inside a Kafka transaction (see [delivery.md](delivery.md#atomic-pushes))")
+    transactional_id: str | None = setting(
+        None, "transactional id in atomic mode; unique per process", shown="`cc-bridge-<hostname>-<port>`")
+    create_topics: bool = setting(False, "create missing topics (including the dead-letter topic) at start")
+    topic_partitions: int = setting(12, "partitions of topics the bridge creates", within=(1, 10_000))
+    topic_replication_factor: int = setting(
+        1, "replication factor of topics the bridge creates (use 3 on a real cluster)", within=(1, 32))
+
+    # Bounds
+    max_body_bytes: int = setting(1_048_576, "largest accepted request body", within=(1024, 64 * 1_048_576))
+    max_header_bytes: int = setting(16_384, "largest accepted request line plus headers", within=(1024, 1_048_576))
+    max_events_per_push: int = setting(1000, "most events accepted in one push", within=(1, 100_000))
+    max_inflight_pushes: int = setting(
+        1000, "pushes processed at once by one process; more are refused with 503", within=(1, 1_000_000))
+    publish_timeout_s: float = setting(
+        5.0, "longest wait for Kafka's acknowledgement before the push is spooled (or, with no spool, answered 503)",
+        within=(0.1, 60.0), shown=f"{{default}}; `{SPOOLED_PUBLISH_TIMEOUT_S:g}` with a spool")
+    shutdown_timeout_s: float = setting(
+        20.0, "on SIGTERM, how long in-flight pushes may take to finish", within=(0.0, 600.0))
+
+    # Logs
+    log_level: LogLevel = setting("info", "level of the log: {choices}")
+    push_log_level: LogLevel = setting(
+        "info", "level of the line logged per accepted push, one of {choices} (set `debug` to silence them)")
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic the bridge may write to, default first."""
+        extra = [self.dead_letter_topic] if self.dead_letter_topic else []
+        return tuple(dict.fromkeys([self.topic, *(r.topic for r in self.routes), *extra]))
+
+
+# ------------------------------------------------------------------- docs/configuration.md's table
+
+TABLE_HEADER = "| variable | default | meaning |"
+
+
+def optional_of(hint: Any) -> Any:
+    """X of `X | None`; any other type as it is."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def choices_of(hint: Any) -> tuple[str, ...]:
+    """The values of a Literal type; () for any other type."""
+    return tuple(typing.get_args(hint)) if typing.get_origin(hint) is Literal else ()
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _shown(value: object) -> str:
+    if value is MISSING:
+        return "(required)"
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{_number(value)}`" if isinstance(value, float) else f"`{value}`"
+
+
+def _listed(choices: tuple[str, ...]) -> str:
+    quoted = [f"`{c}`" for c in choices]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else "".join(quoted)
+
+
+def table() -> str:
+    """docs/configuration.md's table of settings: one row per setting, in declaration order."""
+    hints = typing.get_type_hints(Settings)
+    rows = [TABLE_HEADER, "|----------|---------|---------|"]
+    for f in fields(Settings):
+        d: Declaration = f.metadata["setting"]
+        default = (d.shown or "{default}").replace("{default}", _shown(f.default))
+        meaning = d.doc.replace("{choices}", _listed(choices_of(optional_of(hints[f.name]))))
+        if d.within is not None:
+            meaning += f"; from `{_number(d.within[0])}` to `{_number(d.within[1])}`"
+        rows.append(f"| `{PREFIX}{f.name.upper()}` | {default} | {meaning} |")
+    return "\n".join(rows)
+
+
+def with_table(page: str) -> str:
+    """`page` with its table of settings (from TABLE_HEADER to the first line that is not a row)
+    replaced by table()."""
+    start = page.find(TABLE_HEADER)
+    if start < 0:
+        raise ValueError(f"no table of settings (a line {TABLE_HEADER!r}) in the page")
+    lines = page[start:].split("\n")
+    end = next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
+    return page[:start] + "\n".join([table(), *lines[end:]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bridge.settings", description="Print the table of "
+                                     "settings that docs/configuration.md shows, built from the declarations.")
+    parser.add_argument("--update", metavar="FILE", type=Path, help="write the table into FILE, in place of its own")
+    args = parser.parse_args(argv)
+    if args.update is None:
+        print(table())
+    else:
+        args.update.write_text(with_table(args.update.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
