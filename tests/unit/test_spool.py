@@ -7,9 +7,10 @@ import os
 
 import pytest
 
-from bridge import spool as spool_module
-from bridge.frames import HEADER, Damage, Entry, frame, scan
 from bridge.spool import Spool, SpoolError, claim
+from bridge.spool import files as spool_files
+from bridge.spool import writer as spool_writer
+from bridge.spool.format import HEADER, Damage, Entry, frame, scan
 
 MiB = 1 << 20
 
@@ -25,7 +26,7 @@ async def drain(spool: Spool) -> list[bytes]:
         entries = await spool.read()
         assert entries, "entries are counted but none can be read"
         got += [e.payload for e in entries]
-        spool.ack(entries)
+        await spool.ack(entries)
     return got
 
 
@@ -62,7 +63,7 @@ async def test_entries_come_back_in_order_and_delivered_segments_are_deleted(tmp
 async def test_concurrent_appends_share_one_fsync(tmp_path, monkeypatch):
     calls = []
     real = os.fdatasync
-    monkeypatch.setattr(spool_module.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    monkeypatch.setattr(spool_files.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
     spool = Spool.open(tmp_path, 64 * MiB)
     await fill(spool, [b"x" * 100] * 500)
     assert spool.entries == 500
@@ -74,7 +75,7 @@ async def test_acknowledged_position_survives_a_restart(tmp_path):
     spool = Spool.open(tmp_path, 64 * MiB)
     await fill(spool, [b"a", b"b", b"c", b"d"])
     entries = await spool.read()
-    spool.ack(entries[:2])
+    await spool.ack(entries[:2])
     await spool.close()
     spool = Spool.open(tmp_path, 64 * MiB)
     assert spool.entries == 2
@@ -116,8 +117,9 @@ async def test_a_corrupt_middle_entry_is_moved_aside_and_the_rest_delivered(tmp_
     broken[middle.offset + HEADER.size + 3] ^= 0x01
     path = sorted(tmp_path.glob("slot-0/*.seg"))[0]
     path.write_bytes(bytes(broken))
-    spool = Spool.open(tmp_path, 64 * MiB)
-    assert spool.corrupt_entries == 1 and spool.entries == 2
+    damage: list[int] = []
+    spool = Spool.open(tmp_path, 64 * MiB, on_damage=damage.append)
+    assert sum(damage) == 1 and spool.entries == 2
     aside = list((spool.directory / "corrupt").iterdir())
     assert len(aside) == 1 and aside[0].read_bytes() == bytes(broken[middle.offset:middle.end])
     assert await drain(spool) == [b"first" * 10, b"third" * 10]
@@ -155,7 +157,7 @@ async def test_a_full_spool_refuses(tmp_path):
 
 
 async def test_a_failed_fsync_refuses_and_cuts_the_unsynced_bytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(spool_module, "RETRY_AFTER_ERROR_S", 0.0)
+    monkeypatch.setattr(spool_writer, "RETRY_AFTER_ERROR_S", 0.0)
     spool = Spool.open(tmp_path, 64 * MiB)
     await spool.append(b"kept")
     real = os.fdatasync
@@ -163,10 +165,10 @@ async def test_a_failed_fsync_refuses_and_cuts_the_unsynced_bytes(tmp_path, monk
     def failing(fd):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(spool_module.os, "fdatasync", failing)
+    monkeypatch.setattr(spool_files.os, "fdatasync", failing)
     with pytest.raises(SpoolError, match="Input/output error"):
         await spool.append(b"lost")
-    monkeypatch.setattr(spool_module.os, "fdatasync", real)
+    monkeypatch.setattr(spool_files.os, "fdatasync", real)
     assert spool.entries == 1
     await spool.append(b"after")
     await spool.close()
@@ -192,6 +194,6 @@ async def test_reading_in_small_pieces_keeps_every_entry_whole_and_in_order(tmp_
         entries = await spool.read(limit=100)
         assert entries
         got += [e.payload for e in entries]
-        spool.ack(entries)
+        await spool.ack(entries)
     assert got == payloads
     await spool.close()
