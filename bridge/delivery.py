@@ -17,14 +17,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
+from typing import Any
 
 import msgpack
 
-from .frames import Entry
 from .metrics import Metrics
 from .publisher import Publisher, PublishError
 from .records import Record
-from .spool import Spool, SpoolError
+from .spool import Entry, Folder, Spool, SpoolError
 
 log = logging.getLogger("bridge.delivery")
 SPOOLED_HEADER = ("bridge_spooled", b"true")
@@ -38,12 +39,13 @@ class Unavailable(Exception):
 
 
 def encode(records: list[Record]) -> bytes:
-    return msgpack.packb([(r.topic, r.key, r.value, r.headers) for r in records], use_bin_type=True)
+    packed: bytes = msgpack.packb([(r.topic, r.key, r.value, r.headers) for r in records], use_bin_type=True)
+    return packed
 
 
 def decode(payload: bytes) -> list[Record]:
     return [Record(topic, key, value, [*map(tuple, headers), SPOOLED_HEADER])
-            for topic, key, value, headers in msgpack.unpackb(payload, raw=False)]
+            for topic, key, value, headers in msgpack.unpackb(payload, raw=False)]  # type: ignore[attr-defined]
 
 
 def waves(records: list[list[Record]]) -> list[list[int]]:
@@ -68,13 +70,11 @@ class Delivery:
         self._spool = spool
         self._spool_problem = spool_problem
         self._metrics = metrics
-        self._drainer: asyncio.Task | None = None
+        self._drainer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._outage_started: float | None = None
         self._outage_spooled = 0
-        self._corrupt_counted = 0
         metrics.watch_spool(spool)
-        self._count_corrupt()
         if spool is not None and spool.entries:
             self._outage_started = time.monotonic()
 
@@ -95,9 +95,10 @@ class Delivery:
     def ready(self) -> bool:
         return self.mode != "unavailable"
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         spool = self._spool
-        info: dict = {"mode": self.mode, "kafka": "usable" if self._publisher.ready else self._publisher.problem}
+        kafka = "usable" if self._publisher.ready else self._publisher.problem
+        info: dict[str, Any] = {"mode": self.mode, "kafka": kafka}
         if self._spool_problem:
             info["spool"] = {"problem": self._spool_problem}
         if spool is not None:
@@ -110,7 +111,7 @@ class Delivery:
     async def start(self) -> None:
         await self._publisher.start()
         if self._spool is not None:
-            self._drainer = asyncio.create_task(self._drain(), name="spool-drainer")
+            self._drainer = asyncio.create_task(self._drain(self._spool), name="spool-drainer")
 
     async def stop(self) -> None:
         """Stop draining (what is left stays on disk for the next start), then flush Kafka."""
@@ -161,17 +162,15 @@ class Delivery:
 
     # -- draining -----------------------------------------------------------------------------------
 
-    async def _drain(self) -> None:
-        spool = self._spool
+    async def _drain(self, spool: Spool) -> None:
         while True:
             if spool.entries == 0 or not self._publisher.ready:
-                self._end_outage_if_done()
+                self._end_outage_if_done(spool)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), DRAIN_RETRY_S)
                 continue
             entries = await spool.read()
-            self._count_corrupt()
             if not entries:
                 await asyncio.sleep(0.01)
                 continue
@@ -181,13 +180,13 @@ class Delivery:
                     self._metrics.drain_errors.inc()
                     await asyncio.sleep(DRAIN_RETRY_S)
                     break
-                spool.ack(chunk)
+                await spool.ack(chunk)
                 self._metrics.drained.inc(len(chunk))
 
     async def _publish_chunk(self, chunk: list[Entry]) -> bool:
         """Each wave in one batched publish (a wave holds one entry per agent at most), waiting
         for its acknowledgement before the next; pushes arriving meanwhile are served between."""
-        records = [self._decode(entry) for entry in chunk]
+        records = [await self._decode(entry) for entry in chunk]
         for wave in waves(records):
             try:
                 await self._publisher.publish([r for i in wave for r in records[i]], DRAIN_PUBLISH_TIMEOUT_S,
@@ -210,30 +209,27 @@ class Delivery:
             except PublishError as exc:
                 if not exc.refused_records:
                     return False
-                kept = self._spool.set_aside(chunk[i])
+                kept = await self._set_aside(chunk[i], "refused")
                 self._metrics.spool_refused.inc()
                 log.error("a spooled push (%d records) that Kafka refuses (%s) is kept in %s instead",
                           len(records[i]), exc, kept)
         return True
 
-    def _decode(self, entry: Entry) -> list[Record]:
+    async def _decode(self, entry: Entry) -> list[Record]:
         try:
             return decode(entry.payload)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:  # intact frame, foreign payload
-            self._spool.corrupt_entries += 1
-            self._count_corrupt()
-            log.error("spool entry in segment %d at offset %d cannot be decoded (%s); it is left out",
-                      entry.segment, entry.offset, exc)
+        except (ValueError, TypeError, msgpack.exceptions.UnpackException) as exc:  # intact frame, foreign payload
+            kept = await self._set_aside(entry, "corrupt")
+            log.error("spool entry in segment %d at offset %d cannot be decoded (%s); it is left out and kept in %s",
+                      entry.segment, entry.offset, exc, kept)
             return []
 
-    def _count_corrupt(self) -> None:
-        """The spool counts damaged entries (at recovery, when reading, when decoding); the metric follows."""
-        if self._spool is not None and self._spool.corrupt_entries > self._corrupt_counted:
-            self._metrics.spool_corrupt.inc(self._spool.corrupt_entries - self._corrupt_counted)
-            self._corrupt_counted = self._spool.corrupt_entries
+    async def _set_aside(self, entry: Entry, folder: Folder) -> Path:
+        assert self._spool is not None  # only the drainer sets entries aside, and it runs with a spool
+        return await self._spool.set_aside(entry, folder)
 
-    def _end_outage_if_done(self) -> None:
-        if self._outage_started is not None and self._spool.idle:
+    def _end_outage_if_done(self, spool: Spool) -> None:
+        if self._outage_started is not None and spool.idle:
             log.warning("outage mode ended: %d pushes went through the spool in %.1f s and are all in Kafka",
                         self._outage_spooled, time.monotonic() - self._outage_started)
             self._outage_started, self._outage_spooled = None, 0

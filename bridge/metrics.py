@@ -3,6 +3,8 @@ refusal reasons, configured topics, thresholds): never a workNo, a Guid or anyth
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -58,7 +60,7 @@ class Metrics:
 
     def watch_spool(self, spool: Spool | None) -> None:
         """Gauges read from the spool at each scrape (all 0 when the bridge runs without one)."""
-        def gauge(name: str, text: str, read) -> None:
+        def gauge(name: str, text: str, read: Callable[[Spool], float]) -> None:
             Gauge(name, text, registry=self.registry).set_function(lambda: 0 if spool is None else read(spool))
 
         gauge("bridge_spool_bytes", "Bytes of spool files on disk.", lambda s: s.bytes)
@@ -69,5 +71,4 @@ class Metrics:
 
     def watch_risk(self, risk: AgentRisk) -> None:
         for seconds in RISK_THRESHOLDS_S:
-            self.agents_failing.labels(f"{seconds}s").set_function(
-                lambda seconds=seconds: risk.failing_longer_than(seconds))
+            self.agents_failing.labels(f"{seconds}s").set_function(partial(risk.failing_longer_than, seconds))

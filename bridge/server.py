@@ -87,15 +87,16 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def open_spool(settings: config.Settings) -> tuple[Spool | None, str]:
+def open_spool(settings: config.Settings, on_damage: Callable[[int], object]) -> tuple[Spool | None, str]:
     """The recovered outage spool, or None and why. A spool that cannot be opened does not stop the
-    bridge (pushes still go to Kafka while it is usable); readiness and metrics show the problem."""
+    bridge (pushes still go to Kafka while it is usable); readiness and metrics show the problem.
+    `on_damage(n)` is told of damaged entries, from recovery on."""
     if settings.spool_dir is None:
         log.warning("BRIDGE_SPOOL_DIR is not set: while Kafka cannot take pushes they are refused with 503, and "
                     "an outage longer than 2 minutes gets agents signed out by the gateway")
         return None, ""
     try:
-        spool = Spool.open(settings.spool_dir, settings.spool_max_bytes)
+        spool = Spool.open(settings.spool_dir, settings.spool_max_bytes, on_damage=on_damage)
     except SpoolError as exc:
         log.error("outage spool unavailable: %s; pushes are refused with 503 whenever Kafka cannot take them", exc)
         return None, str(exc)
@@ -117,8 +118,8 @@ async def run(settings: config.Settings, make_publisher: Callable[..., Publisher
     """Serve until SIGTERM/SIGINT. `make_publisher(settings, metrics)` is replaceable so the
     benchmark can run this very stack without Kafka. The spool is recovered before anything else."""
     give_aiokafka_the_loop(asyncio.get_running_loop())
-    spool, spool_problem = open_spool(settings)
     metrics = Metrics()
+    spool, spool_problem = open_spool(settings, metrics.spool_corrupt.inc)
     risk = AgentRisk()
     metrics.watch_risk(risk)
     delivery = Delivery(make_publisher(settings, metrics), spool, metrics, spool_problem)

@@ -16,6 +16,9 @@ from conftest import TOKEN, Bridge, Kafka, bridge_env, free_port, headers_of, pu
 
 from bench.simulate import Ledger, SimSettings, Simulator
 from bench.verify import compare, seen
+from bridge.delivery import encode
+from bridge.records import Record
+from bridge.spool.format import frame
 
 pytestmark = pytest.mark.integration
 
@@ -223,3 +226,30 @@ async def test_a_push_kafka_refuses_for_good_is_set_aside_not_blocking_the_spool
     assert "bridge_spool_refused_entries_total 1.0" in metrics
     assert [r.key for r in await read_topics(kafka, [topic])] == [b"80001"]
     assert "Kafka refuses" in bridge.log()
+
+
+async def test_a_spooled_entry_that_cannot_be_decoded_is_kept_in_corrupt_and_the_rest_delivered(client, kafka, tls_dir,
+                                                                                                 tmp_path):
+    """An intact entry whose payload is not a record list (the frame's CRC holds, so the disk did
+    not damage it) left in the spool from before a start: the drainer keeps its payload in the
+    slot's corrupt/ directory, counts it as damage, and delivers the entries around it in order."""
+    topic = "test.outage.undecodable"
+    slot = tmp_path / "spool" / "slot-0"
+    slot.mkdir(parents=True)
+    before, after = (Record(topic, b"80004", orjson.dumps({"n": n}), [("ce_id", f"undecodable-{n}".encode())])
+                     for n in (1, 2))
+    foreign = b"\xc1 not a record list"
+    now = int(time.time() * 1000)
+    entries = [frame(encode([before]), now), frame(foreign, now), frame(encode([after]), now)]
+    (slot / f"{1:020d}.seg").write_bytes(b"".join(entries))
+    bridge = Bridge(bridge_env(kafka, topic, BRIDGE_SPOOL_DIR=str(tmp_path / "spool")), tls_dir).start(tmp_path)
+    try:
+        await wait_for_mode(client, bridge, "direct", timeout=60)
+        metrics = (await management(client, bridge, "/metrics")).text
+    finally:
+        await bridge.astop()
+    assert [p.read_bytes() for p in slot.glob("corrupt/*.bin")] == [foreign]
+    assert "bridge_spool_corrupt_entries_total 1.0" in metrics
+    delivered = [(r.key, r.value) for r in await read_topics(kafka, [topic])]
+    assert delivered == [(b"80004", b'{"n":1}'), (b"80004", b'{"n":2}')]
+    assert "cannot be decoded" in bridge.log()

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import errno
+import io
 import os
+import threading
 
 import pytest
 
-from bridge import spool as spool_module
-from bridge.frames import HEADER, Damage, Entry, frame, scan
 from bridge.spool import Spool, SpoolError, claim
+from bridge.spool import files as spool_files
+from bridge.spool import writer as spool_writer
+from bridge.spool.format import HEADER, Damage, Entry, frame, scan
 
 MiB = 1 << 20
 
@@ -25,7 +29,7 @@ async def drain(spool: Spool) -> list[bytes]:
         entries = await spool.read()
         assert entries, "entries are counted but none can be read"
         got += [e.payload for e in entries]
-        spool.ack(entries)
+        await spool.ack(entries)
     return got
 
 
@@ -62,7 +66,7 @@ async def test_entries_come_back_in_order_and_delivered_segments_are_deleted(tmp
 async def test_concurrent_appends_share_one_fsync(tmp_path, monkeypatch):
     calls = []
     real = os.fdatasync
-    monkeypatch.setattr(spool_module.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    monkeypatch.setattr(spool_files.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
     spool = Spool.open(tmp_path, 64 * MiB)
     await fill(spool, [b"x" * 100] * 500)
     assert spool.entries == 500
@@ -74,7 +78,7 @@ async def test_acknowledged_position_survives_a_restart(tmp_path):
     spool = Spool.open(tmp_path, 64 * MiB)
     await fill(spool, [b"a", b"b", b"c", b"d"])
     entries = await spool.read()
-    spool.ack(entries[:2])
+    await spool.ack(entries[:2])
     await spool.close()
     spool = Spool.open(tmp_path, 64 * MiB)
     assert spool.entries == 2
@@ -116,8 +120,9 @@ async def test_a_corrupt_middle_entry_is_moved_aside_and_the_rest_delivered(tmp_
     broken[middle.offset + HEADER.size + 3] ^= 0x01
     path = sorted(tmp_path.glob("slot-0/*.seg"))[0]
     path.write_bytes(bytes(broken))
-    spool = Spool.open(tmp_path, 64 * MiB)
-    assert spool.corrupt_entries == 1 and spool.entries == 2
+    damage: list[int] = []
+    spool = Spool.open(tmp_path, 64 * MiB, on_damage=damage.append)
+    assert sum(damage) == 1 and spool.entries == 2
     aside = list((spool.directory / "corrupt").iterdir())
     assert len(aside) == 1 and aside[0].read_bytes() == bytes(broken[middle.offset:middle.end])
     assert await drain(spool) == [b"first" * 10, b"third" * 10]
@@ -155,7 +160,7 @@ async def test_a_full_spool_refuses(tmp_path):
 
 
 async def test_a_failed_fsync_refuses_and_cuts_the_unsynced_bytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(spool_module, "RETRY_AFTER_ERROR_S", 0.0)
+    monkeypatch.setattr(spool_writer, "RETRY_AFTER_ERROR_S", 0.0)
     spool = Spool.open(tmp_path, 64 * MiB)
     await spool.append(b"kept")
     real = os.fdatasync
@@ -163,10 +168,10 @@ async def test_a_failed_fsync_refuses_and_cuts_the_unsynced_bytes(tmp_path, monk
     def failing(fd):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(spool_module.os, "fdatasync", failing)
+    monkeypatch.setattr(spool_files.os, "fdatasync", failing)
     with pytest.raises(SpoolError, match="Input/output error"):
         await spool.append(b"lost")
-    monkeypatch.setattr(spool_module.os, "fdatasync", real)
+    monkeypatch.setattr(spool_files.os, "fdatasync", real)
     assert spool.entries == 1
     await spool.append(b"after")
     await spool.close()
@@ -192,6 +197,109 @@ async def test_reading_in_small_pieces_keeps_every_entry_whole_and_in_order(tmp_
         entries = await spool.read(limit=100)
         assert entries
         got += [e.payload for e in entries]
-        spool.ack(entries)
+        await spool.ack(entries)
     assert got == payloads
     await spool.close()
+
+
+def flip_byte(path, offset: int) -> None:
+    """Change one byte of a segment on disk, as a failing disk would after the write."""
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)[0]
+        file.seek(offset)
+        file.write(bytes([byte ^ 0x01]))
+
+
+async def test_damage_found_while_reading_is_moved_aside_and_reported(tmp_path):
+    damage: list[int] = []
+    spool = Spool.open(tmp_path, 64 * MiB, on_damage=damage.append)
+    for payload in (b"first" * 10, b"second" * 10, b"third" * 10):
+        await spool.append(payload)
+    path = segments(spool)[0]
+    middle = list(scan(path.read_bytes(), 1))[1]
+    flip_byte(path, middle.offset + HEADER.size + 3)
+    damaged = path.read_bytes()[middle.offset:middle.end]
+    assert damage == []
+    assert await drain(spool) == [b"first" * 10, b"third" * 10]
+    assert damage == [1]
+    aside = list((spool.directory / "corrupt").iterdir())
+    assert [p.name for p in aside] == [f"{int(path.stem):020d}-{middle.offset}.bin"]
+    assert aside[0].read_bytes() == damaged
+    assert spool.idle and spool.oldest_ms is None
+    await spool.close()
+
+
+async def test_entries_set_aside_are_kept_and_only_corrupt_ones_count_as_damage(tmp_path):
+    damage: list[int] = []
+    spool = Spool.open(tmp_path, 64 * MiB, on_damage=damage.append)
+    for payload in (b"too large for Kafka", b"\xc1 not a record list", b"fine"):
+        await spool.append(payload)
+    entries = await spool.read()
+    refused = await spool.set_aside(entries[0], "refused")
+    corrupt = await spool.set_aside(entries[1], "corrupt")
+    assert damage == [1]
+    assert (refused.parent, refused.read_bytes()) == (spool.directory / "refused", b"too large for Kafka")
+    assert (corrupt.parent, corrupt.read_bytes()) == (spool.directory / "corrupt", b"\xc1 not a record list")
+    await spool.ack(entries[:2])
+    await spool.close()
+    spool = Spool.open(tmp_path, 64 * MiB)  # set aside and acknowledged: not delivered again
+    assert await drain(spool) == [b"fine"]
+    await spool.close()
+
+
+async def test_close_waits_for_the_appends_in_progress_then_refuses(tmp_path):
+    spool = Spool.open(tmp_path, 64 * MiB)
+    appends = [asyncio.create_task(spool.append(b"push-%d" % n)) for n in range(300)]
+    await asyncio.sleep(0)  # every append is queued, the first write under way
+    await spool.close()
+    assert all(task.done() and task.exception() is None for task in appends)
+    with pytest.raises(SpoolError, match="closed"):
+        await spool.append(b"late")
+    spool = Spool.open(tmp_path, 64 * MiB)
+    assert await drain(spool) == [b"push-%d" % n for n in range(300)]
+    await spool.close()
+
+
+async def test_once_open_every_file_operation_runs_on_the_spool_thread_not_the_event_loop(tmp_path, monkeypatch):
+    """Appends across segments, reads, damage moved aside, set-asides, acknowledgements (segment
+    deletion, the position file) and close: none of them touches a file from the event loop."""
+    damage: list[int] = []
+    spool = Spool.open(tmp_path, 64 * MiB, segment_bytes=4096, on_damage=damage.append)
+    seen: dict[str, list[bool]] = {}  # name -> for each call, whether it ran on the event loop's thread
+    paused = False
+
+    def watch(module, name: str, only_spool_paths: bool) -> None:
+        real = getattr(module, name)
+
+        def watched(*args, **kwargs):
+            if not paused and (not only_spool_paths or str(args[0]).startswith(str(tmp_path))):
+                seen.setdefault(name, []).append(threading.current_thread() is threading.main_thread())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, watched)
+
+    for name in ("open", "mkdir", "unlink", "replace", "scandir"):
+        watch(os, name, only_spool_paths=True)
+    for name in ("fsync", "fdatasync", "pwrite", "ftruncate"):
+        watch(os, name, only_spool_paths=False)
+    watch(builtins, "open", only_spool_paths=True)
+    watch(io, "open", only_spool_paths=True)
+
+    payloads = [f"push-{n:03d}".encode() * 40 for n in range(60)]
+    for start in range(0, 60, 10):
+        await fill(spool, payloads[start:start + 10])
+    paused = True  # the test's own look at the files, and its damage to the first segment
+    first = segments(spool)[0]
+    flip_byte(first, list(scan(first.read_bytes(), 1))[1].offset + HEADER.size)
+    paused = False
+    entries = await spool.read()
+    assert [e.payload for e in entries[:2]] == [payloads[0], payloads[2]]
+    await spool.set_aside(entries[0], "refused")
+    await spool.ack(entries[:2])
+    assert await drain(spool) == payloads[3:]
+    await spool.close()
+    assert damage == [1] and not first.exists()
+    assert {"open", "mkdir", "unlink", "replace", "fsync", "fdatasync", "pwrite"} <= set(seen), sorted(seen)
+    on_loop = {name: sum(calls) for name, calls in seen.items() if any(calls)}
+    assert on_loop == {}, "calls made on the event loop's thread"

@@ -1,4 +1,5 @@
-"""The spool's file format and durable file operations. Pure functions over bytes and files.
+"""The spool's record format: how an entry is framed in a segment, and how a segment's bytes are
+read back. Pure functions over bytes; no file is touched here.
 
 A frame is: magic u32 | payload length u32 | accepted-at ms u64 | crc32 u32 | payload, little-endian,
 the CRC covering length, time and payload. `scan` finds the frames of a segment's bytes and reports
@@ -6,20 +7,25 @@ what lies between them as Damage, so a torn write or a damaged stretch is locate
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 MAGIC = 0x50534343  # b"CCSP" little-endian
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 HEADER = struct.Struct("<IIQI")
+
+
 def frame(payload: bytes, accepted_ms: int) -> bytes:
     body = struct.pack("<IQ", len(payload), accepted_ms)
     return HEADER.pack(MAGIC, len(payload), accepted_ms, zlib.crc32(payload, zlib.crc32(body))) + payload
+
+
+def accepted_at(data: bytes, at: int = 0) -> int:
+    """The accepted-at time (ms) in the frame header starting at `at`."""
+    accepted_ms: int = HEADER.unpack_from(data, at)[2]
+    return accepted_ms
 
 
 def frame_at(data: bytes | memoryview, at: int) -> tuple[int, int, bytes] | None:
@@ -71,40 +77,3 @@ def scan(data: bytes, segment: int, at: int = 0) -> Iterator[Entry | Damage]:
             return
         yield Damage(at, resume, tail=False)
         at = resume
-
-
-def append_durably(fd: int, data: bytes, at: int) -> None:
-    """Write `data` at the end of the segment and fsync it; on failure cut the file back to `at`."""
-    try:
-        view = memoryview(data)
-        written = 0
-        while written < len(data):
-            written += os.pwrite(fd, view[written:], at + written)
-        os.fdatasync(fd)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, at)
-        raise
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_range(path: Path, start: int, end: int) -> bytes:
-    with open(path, "rb") as file:
-        file.seek(start)
-        return file.read(end - start)

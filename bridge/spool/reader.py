@@ -1,0 +1,122 @@
+"""Reading the spool in order and acknowledging what was delivered.
+
+`read` hands out the next durable, undelivered entries a bounded piece at a time; `ack` moves the
+head past a delivered prefix of them, deletes each segment once everything in it is delivered, and
+records the head in the position file. Damage found while reading (bytes that changed after they
+were written) is moved aside to corrupt/ and reported, never skipped silently.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from . import files
+from .files import Files
+from .format import HEADER, Entry, accepted_at, scan
+from .ledger import Ledger, OnDamage
+from .writer import Writer
+
+log = logging.getLogger("bridge.spool")
+
+READ_BYTES = 1024 * 1024     # read (and decoded) by the drainer at a time
+Folder = Literal["corrupt", "refused"]
+
+
+class Reader:
+    def __init__(self, ledger: Ledger, io: Files, writer: Writer, on_damage: OnDamage) -> None:
+        self._ledger = ledger
+        self._io = io
+        self._writer = writer
+        self._on_damage = on_damage
+
+    async def read(self, limit: int = READ_BYTES) -> list[Entry]:
+        """The next durable, undelivered entries, in order: about `limit` bytes of them (more if
+        one entry is larger), so memory stays bounded whatever the spool holds and the event loop
+        is never held up by a whole segment."""
+        ledger = self._ledger
+        while ledger.segments:
+            segment = ledger.segments[0]
+            head, size = ledger.head, segment.size
+            if head >= size:
+                if not await self._retire_head():
+                    return []
+                continue
+            end = min(size, head + limit)
+            data = await self._io.run(files.read_range, segment.path, head, end)
+            entries: list[Entry] = []
+            moved = 0
+            for item in scan(data, segment.id):
+                if isinstance(item, Entry):
+                    entries.append(Entry(segment.id, head + item.offset, head + item.end, item.accepted_ms,
+                                         item.payload))
+                elif item.tail and end < size:  # an entry cut by the read's end: next time
+                    break
+                else:  # damaged after it was written: never skipped silently
+                    await self._move_aside(segment.id, head + item.offset, data[item.offset:item.end])
+                    moved += 1
+            if moved:
+                self._on_damage(moved)
+            if entries:
+                return entries
+            if end < size:  # one entry larger than the limit
+                limit = size - head
+                continue
+            ledger.head = size  # only damage there
+            await self._settle()
+        return []
+
+    async def ack(self, entries: list[Entry]) -> None:
+        """`entries` (a prefix of what `read` returned) are in Kafka."""
+        if not entries:
+            return
+        ledger = self._ledger
+        ledger.delivered(entries[-1].end, len(entries))
+        if ledger.head >= ledger.segments[0].size:
+            await self._retire_head()
+        await self._settle()
+        text = ledger.position_text()
+        if text is None:
+            await self._io.run(files.remove, ledger.position_path)
+        else:
+            await self._io.run(files.save, ledger.position_path, text)
+
+    async def set_aside(self, entry: Entry, folder: Folder) -> Path:
+        """Keep `entry`'s payload, durable, in the slot's `folder` directory, so it no longer holds
+        up the entries behind it; the caller then acknowledges it with the others. An entry set
+        aside as "corrupt" is reported as damage."""
+        target = self._ledger.aside_path(folder, entry.segment, entry.offset)
+        await self._io.run(files.keep, target, entry.payload)
+        if folder == "corrupt":
+            self._on_damage(1)
+        return target
+
+    async def _move_aside(self, segment_id: int, offset: int, damaged: bytes) -> None:
+        target = self._ledger.aside_path("corrupt", segment_id, offset)
+        await self._io.run(files.keep, target, damaged)
+        log.error("spool segment %d: %d damaged bytes at offset %d moved aside to %s; the entries around "
+                  "them are delivered", segment_id, len(damaged), offset, target)
+
+    async def _retire_head(self) -> bool:
+        """Delete the fully delivered oldest segment, unless appends may still go to it."""
+        ledger = self._ledger
+        fd = None
+        if ledger.segments[0].fd is not None:  # the newest segment, open for appends
+            if self._writer.busy:
+                return False
+            fd = ledger.stop_appends()
+        segment = ledger.retire_head()
+        if fd is not None:
+            await self._io.run(files.close, fd)
+        await self._io.run(files.remove, segment.path)
+        return bool(ledger.segments)
+
+    async def _settle(self) -> None:
+        """Recount after the head moved, and read the time of the next entry to deliver."""
+        where = self._ledger.settle()
+        if where is None:
+            return
+        path, at = where
+        header = await self._io.run(files.read_range, path, at, at + HEADER.size)
+        if self._ledger.next_header() == where:
+            self._ledger.oldest_ms = accepted_at(header)
