@@ -163,25 +163,40 @@ class Delivery:
     # -- draining -----------------------------------------------------------------------------------
 
     async def _drain(self, spool: Spool) -> None:
+        """Deliver the spool's entries for as long as the process runs. A disk error while reading or
+        acknowledging is counted and tried again (entries published but not acknowledged to the
+        spool are published again later, with the same ce_id); it never stops the drainer."""
+        failing = ""
         while True:
-            if spool.entries == 0 or not self._publisher.ready:
-                self._end_outage_if_done(spool)
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), DRAIN_RETRY_S)
-                continue
-            entries = await spool.read()
-            if not entries:
-                await asyncio.sleep(0.01)
-                continue
-            for start in range(0, len(entries), DRAIN_CHUNK):
-                chunk = entries[start:start + DRAIN_CHUNK]
-                if not await self._publish_chunk(chunk):
-                    self._metrics.drain_errors.inc()
-                    await asyncio.sleep(DRAIN_RETRY_S)
-                    break
-                await spool.ack(chunk)
-                self._metrics.drained.inc(len(chunk))
+            try:
+                await self._drain_some(spool)
+                failing = ""
+            except (OSError, SpoolError) as exc:
+                self._metrics.drain_errors.inc()
+                if str(exc) != failing:  # once per distinct problem, not once a second
+                    failing = str(exc)
+                    log.error("draining the spool failed: %s; trying again every %g s", exc, DRAIN_RETRY_S)
+                await asyncio.sleep(DRAIN_RETRY_S)
+
+    async def _drain_some(self, spool: Spool) -> None:
+        if spool.entries == 0 or not self._publisher.ready:
+            self._end_outage_if_done(spool)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), DRAIN_RETRY_S)
+            return
+        entries = await spool.read()
+        if not entries:
+            await asyncio.sleep(0.01)
+            return
+        for start in range(0, len(entries), DRAIN_CHUNK):
+            chunk = entries[start:start + DRAIN_CHUNK]
+            if not await self._publish_chunk(chunk):
+                self._metrics.drain_errors.inc()
+                await asyncio.sleep(DRAIN_RETRY_S)
+                return
+            await spool.ack(chunk)
+            self._metrics.drained.inc(len(chunk))
 
     async def _publish_chunk(self, chunk: list[Entry]) -> bool:
         """Each wave in one batched publish (a wave holds one entry per agent at most), waiting
