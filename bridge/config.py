@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import typing
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -239,5 +240,9 @@ def _management(s: Settings, given: Given) -> Settings:
 
 # Applied in this order after every variable was read on its own; each returns the settings,
 # changed where a default depends on another setting.
+def _replica(s: Settings, given: Given) -> Settings:
+    return s if s.replica_name is not None else dataclasses.replace(s, replica_name=socket.gethostname())
+
+
 RULES: tuple[Rule, ...] = (_https, _tokens, _kafka_client_certificate, _sasl, _dead_letters, _publish_timeout,
-                           _management)
+                           _management, _replica)

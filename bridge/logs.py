@@ -64,6 +64,41 @@ class _Passed:
         self.at, self.held_back = at, 0
 
 
+class LineBudget:
+    """Log lines of one kind held to a bounded rate, per key: the first `burst` lines of each
+    `interval_s` pass; the others are only counted, and the next line that passes says how many were
+    held back. For lines a client can cause at any rate (refusals, misrouted pushes)."""
+
+    def __init__(self, burst: int = 5, interval_s: float = 60.0, memory: int = 1000) -> None:
+        self._burst, self._interval_s, self._memory = burst, interval_s, memory
+        self._windows: dict[str, _Window] = {}
+
+    def take(self, key: str, now: float | None = None) -> int | None:
+        """None: hold this line back. Otherwise the line may be written, with the number of lines of
+        this key held back since the last one that was (0 if none)."""
+        now = time.monotonic() if now is None else now
+        window = self._windows.get(key)
+        if window is None or now - window.start >= self._interval_s:
+            if window is None and len(self._windows) >= self._memory:
+                self._windows.clear()
+            held = window.held_back if window is not None else 0
+            self._windows[key] = _Window(now)
+            return held
+        if window.passed < self._burst:
+            window.passed += 1
+            held, window.held_back = window.held_back, 0
+            return held
+        window.held_back += 1
+        return None
+
+
+class _Window:
+    __slots__ = ("held_back", "passed", "start")
+
+    def __init__(self, start: float) -> None:
+        self.start, self.passed, self.held_back = start, 1, 0
+
+
 class BatchedStderr(logging.StreamHandler[TextIO]):
     """Standard error, written in batches: lines below WARNING wait up to `interval_s` for the ones
     after them, so a busy bridge makes a few writes a second instead of one per push; warnings and

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RISK_THRESHOLDS_S = (30, 60)
 QUARANTINE_REASONS = ("body", "too_large", "content_type", "events")
+AFFINITY_MISSES = ("no_key", "other_agent")
 
 
 class Metrics:
@@ -54,7 +55,16 @@ class Metrics:
         self.agents_failing = Gauge("bridge_agents_failing",
                                     "Agents whose pushes have been failing for longer than `over`.", ["over"],
                                     registry=registry)
+        self.affinity_misses = Counter(
+            "bridge_affinity_misses", "Pushes the agent-affine router did not route by their agent: no routing key "
+            "(no_key) or another agent's (other_agent). Counted when BRIDGE_ROUTER_KEY_HEADER is set.", ["reason"],
+            registry=registry)
+        self.url_agent_mismatches = Counter(
+            "bridge_url_agent_mismatches", "Pushes whose callback URL names another agent than their body's workNo.",
+            registry=registry)
         self.ok = self.pushes.labels("0")
+        for miss in AFFINITY_MISSES:
+            self.affinity_misses.labels(miss)
         for reason in QUARANTINE_REASONS:  # exported as 0 from the start, so rate() and alerts see them
             self.quarantined.labels(reason)
 

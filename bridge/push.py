@@ -2,7 +2,7 @@
 
     admit (method, Guid and service_token, in-flight bound)
  -> receive the body (size bound)
- -> parse (content type, the push contract) and build the records
+ -> parse (content type, the push contract), check the routing, build the records
  -> keep (Kafka, or the spool; malformed pushes into the dead-letter topic)
  -> finish (the answer, metrics, the agent's risk streak, one `pushEvent` log line)
 
@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 from starlette.types import Receive, Scope, Send
 
@@ -22,6 +23,7 @@ from . import protocol
 from .auth import Authenticator, mask_guid
 from .config import Settings
 from .delivery import Delivery, Unavailable
+from .logs import LineBudget
 from .metrics import Metrics
 from .protocol import CONTENT_TYPE, SUCCESS_BODY, Refusal
 from .records import Record, Router, build_records, dead_letter_record
@@ -30,6 +32,7 @@ from .risk import AgentRisk
 log = logging.getLogger("bridge.push")
 KEPT_REFUSALS = (400, 413, 415)  # malformed pushes: kept in the dead-letter topic when authenticated
 Headers = tuple[tuple[bytes, bytes], ...]
+URL_AGENT = b"workNo"  # the query parameter naming the agent in a per-agent callback URL
 
 
 async def answer(send: Send, status: int, body: bytes, extra_headers: Headers = ()) -> None:
@@ -66,12 +69,14 @@ class Request:
     token: str | None = None
     content_type: str | None = None
     declared: int | None = None  # Content-Length, when given
+    route_key: str | None = None  # the key the agent-affine router hashed on, when it passes one
+    url_agent: str | None = None  # the agent the callback URL names (?workNo=), if it names one
     node: str | None = None      # the gateway node; set once the sender is authenticated
     body: bytes = b""
     quarantined: str | None = None  # why the push goes to the dead-letter topic, if it does
 
     @classmethod
-    def of(cls, scope: Scope) -> Request:
+    def of(cls, scope: Scope, route_header: bytes | None) -> Request:
         request = cls(scope["method"])
         for name, value in scope["headers"]:
             if name == b"guid":
@@ -82,6 +87,14 @@ class Request:
                 request.content_type = value.decode("latin-1")
             elif name == b"content-length" and value.isdigit():
                 request.declared = int(value)
+            elif name == route_header:
+                request.route_key = value.decode("utf-8", "replace")
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            for pair in query.split(b"&"):
+                name, _, value = pair.partition(b"=")
+                if name == URL_AGENT:
+                    request.url_agent = unquote_plus(value.decode("utf-8", "replace"))
         return request
 
 
@@ -98,10 +111,13 @@ class PushEndpoint:
         self._quarantine = settings.malformed_pushes == "quarantine"
         self._inflight = 0
         self._ok_level = logging.getLevelName(settings.push_log_level.upper())
+        self._replica = (settings.replica_name or "").encode()
+        self._route_header = settings.router_key_header.encode() if settings.router_key_header else None
+        self._routing_lines = LineBudget()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request = Request.of(scope)
+        request = Request.of(scope, self._route_header)
         outcome: dict[str, Any] = {"operation": "pushEvent", "guid": mask_guid(request.guid), "workNo": None,
                                    "events": None}
         self._inflight += 1
@@ -148,6 +164,7 @@ class PushEndpoint:
             protocol.check_content_type(request.content_type)
             push = protocol.parse_push(body, self._settings.max_events_per_push)
             outcome.update(workNo=push.work_no, events=push.size)
+            self._check_routing(request, push.work_no)
             if push.problems and not (self._quarantine and push.events):
                 raise protocol.bad_message(push.problems[0])
         except Refusal as malformed:
@@ -155,11 +172,33 @@ class PushEndpoint:
                 raise
             # Refused, the gateway would send it again every 10 s until the agent is signed out.
             return [self._quarantined(request, malformed, malformed.reason, outcome)]
-        records = build_records(push, request.node or "", self._router)
+        records = build_records(push, request.node or "", self._router, replica=self._replica)
         if push.problems:  # the well-formed events go on; the push is kept whole aside
             records.append(self._quarantined(request, protocol.bad_message("; ".join(push.problems[:10])),
                                              "events", outcome))
         return records
+
+    def _check_routing(self, request: Request, work_no: str) -> None:
+        """Count, and log at a bounded rate, pushes that did not come the way they should: a callback
+        URL naming another agent, or (behind the agent-affine router) a push routed without its agent's
+        key. Never a refusal: that would start the gateway's sign-out clock for a routing problem."""
+        if request.url_agent is not None and request.url_agent != work_no:
+            self._metrics.url_agent_mismatches.inc()
+            self._routing_line("url_agent", "the callback URL names another agent than the push", work_no,
+                               url_agent=request.url_agent)
+        if self._route_header is None:
+            return
+        if request.route_key is None or request.route_key != work_no:
+            miss = "no_key" if not request.route_key else "other_agent"
+            self._metrics.affinity_misses.labels(miss).inc()
+            self._routing_line(miss, "the router did not route this push by its agent", work_no,
+                               route_key=request.route_key)
+
+    def _routing_line(self, kind: str, message: str, work_no: str, **fields: str | None) -> None:
+        held_back = self._routing_lines.take(kind)
+        if held_back is not None:
+            log.warning("pushEvent %s", message, extra={"fields": {
+                "operation": "pushEvent", "workNo": work_no, "problem": kind, **fields, "held_back": held_back}})
 
     async def _keep(self, request: Request, records: list[Record], outcome: dict[str, Any]) -> None:
         try:
@@ -219,4 +258,5 @@ class PushEndpoint:
         topic = self._settings.dead_letter_topic
         assert topic is not None  # quarantine and kept copies need one (checked by config)
         return dead_letter_record(topic, request.body, refusal.status, refusal.retcode, refusal.message,
-                                  request.node or "", request.declared if not request.body else None)
+                                  request.node or "", request.declared if not request.body else None,
+                                  replica=self._replica)

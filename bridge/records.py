@@ -76,8 +76,10 @@ def source_for(node: str) -> bytes:
     return f"/cc-gateway/{node}".encode() if node else b"/cc-gateway"
 
 
-def build_records(push: Push, node: str, router: Router,
-                  received_at: float | None = None, push_id: str | None = None) -> list[Record]:
+def build_records(push: Push, node: str, router: Router, received_at: float | None = None,
+                  push_id: str | None = None, replica: bytes = b"") -> list[Record]:
+    """One record per well-formed event of `push`; `replica` (the accepting replica's name) goes into
+    the bridge_replica header when given."""
     received_at = time.time() if received_at is None else received_at
     shared = [
         ("ce_specversion", SPEC_VERSION),
@@ -87,6 +89,8 @@ def build_records(push: Push, node: str, router: Router,
         ("ce_pushid", (push_id or new_push_id()).encode()),
         ("ce_pushsize", str(push.size).encode()),
     ]
+    if replica:
+        shared.append(("bridge_replica", replica))
     seen: dict[str, int] = {}
     records = []
     for index, event, agent in zip(push.indexes, push.events, push.agents, strict=False):
@@ -108,7 +112,7 @@ def build_records(push: Push, node: str, router: Router,
 
 
 def dead_letter_record(topic: str, body: bytes, status: int, retcode: str, reason: str, node: str,
-                       declared_length: int | None, received_at: float | None = None) -> Record:
+                       declared_length: int | None, received_at: float | None = None, replica: bytes = b"") -> Record:
     """A malformed push from an authenticated gateway, kept as received (the body is already bounded
     by the size limit; a body too large by its declared length alone was never read). `status` and
     `retcode` are what strict mode answers for it; `reason` names the problem."""
@@ -125,4 +129,6 @@ def dead_letter_record(topic: str, body: bytes, status: int, retcode: str, reaso
         ("bridge_reason", reason.encode()),
         ("bridge_body_length", str(len(body) if declared_length is None else declared_length).encode()),
     ]
+    if replica:
+        headers.append(("bridge_replica", replica))
     return Record(topic, None, body, headers)

@@ -103,6 +103,13 @@ def route_list(name: str, value: str) -> tuple[Route, ...]:
     return tuple(found)
 
 
+def header_name(name: str, value: str) -> str:
+    """An HTTP header name, lower case (as the server hands headers to the application)."""
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        raise ConfigError(f"{name}={value!r} is not an HTTP header name")
+    return value.lower()
+
+
 def token_list(name: str, value: str) -> tuple[str, ...]:
     found = tuple(t.strip() for t in value.split(",") if t.strip())
     for token in found:
@@ -159,6 +166,16 @@ class Settings:
         shown="(required)")
     allow_no_token: bool = setting(False, "`true` with no tokens configured accepts pushes without a token "
                                    "(logged as a security warning at start)")
+
+    # Several replicas behind the agent-affine router (docs/deployment.md)
+    replica_name: str | None = setting(
+        None, "this replica's name (the pod or container name), in every record's `bridge_replica` header",
+        shown="the host name")
+    router_key_header: str | None = setting(
+        None, "the request header in which the agent-affine router passes the key it hashed on (the shipped "
+        "routers send `x-cc-route-key`); when set, pushes without it or with another agent's key are counted in "
+        "`bridge_affinity_misses_total`. Set it only where the push port is reachable through the router alone",
+        parse=header_name)
 
     # Where events go
     topic: str = setting("cc.agent.events", "default topic", parse=kafka_topic)

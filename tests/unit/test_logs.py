@@ -26,3 +26,14 @@ def test_other_messages_and_the_bridges_own_lines_are_not_held_back():
     assert repeats.filter(record("aiokafka.client", "Unable to update metadata from %s", 0.0))
     assert repeats.filter(record("aiokafka.conn", "another template", 0.1))
     assert all(repeats.filter(record("bridge.push", "pushEvent refused", t)) for t in range(100))
+
+
+def test_a_line_budget_passes_the_first_lines_then_counts_what_it_held_back():
+    from bridge.logs import LineBudget
+
+    budget = LineBudget(burst=3, interval_s=10.0)
+    taken = [budget.take("token", now=t * 0.01) for t in range(100)]
+    assert taken[:3] == [0, 0, 0] and taken[3:] == [None] * 97
+    assert budget.take("guid", now=1.0) == 0  # each key has its own budget
+    assert budget.take("token", now=10.0) == 97  # the next window starts by saying what was held back
+    assert budget.take("token", now=10.1) == 0

@@ -195,3 +195,60 @@ async def test_a_spooled_push_is_answered_success():
     delivery = StandInDelivery(spooled=True)
     app, _, _ = endpoint(delivery)
     assert (await call(app, push({"eventType": "A"})))[0] == 200
+
+
+async def call_at(app: PushEndpoint, query: bytes, body: bytes, **headers: str) -> int | None:
+    """A push with a query string (the per-agent callback URL)."""
+    sent = {"Content-Type": "application/json", "Guid": GUID, "service_token": TOKEN, **headers}
+    scope = {"type": "http", "method": "POST", "path": PATH, "query_string": query,
+             "headers": [(k.lower().encode(), v.encode()) for k, v in sent.items()]}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    out: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        out.append(message)
+
+    await app(scope, receive, send)
+    return out[0]["status"] if out else None
+
+
+async def test_a_callback_url_naming_another_agent_is_counted_and_the_push_accepted(caplog):
+    delivery = StandInDelivery()
+    app, metrics, _ = endpoint(delivery)
+    assert await call_at(app, b"workNo=1001", push({"eventType": "A"})) == 200
+    assert await call_at(app, b"x=1&workNo=10%2001", push({"eventType": "A"}, work_no="10 01")) == 200
+    assert sample(metrics, "bridge_url_agent_mismatches_total") == 0
+    assert await call_at(app, b"workNo=2002", push({"eventType": "A"})) == 200
+    assert sample(metrics, "bridge_url_agent_mismatches_total") == 1
+    assert len(delivery.kept) == 3 and delivery.kept[2][0].key == b"1001"  # the body's agent keys the record
+    assert any(getattr(r, "fields", {}).get("url_agent") == "2002" for r in caplog.records)
+
+
+async def test_pushes_the_router_did_not_route_by_their_agent_are_counted():
+    delivery = StandInDelivery()
+    app, metrics, _ = endpoint(delivery, ROUTER_KEY_HEADER="X-CC-Route-Key")
+    assert await call_at(app, b"", push({"eventType": "A"}), **{"x-cc-route-key": "1001"}) == 200
+    assert sample(metrics, "bridge_affinity_misses_total", reason="no_key") == 0
+    assert await call_at(app, b"", push({"eventType": "A"})) == 200
+    assert await call_at(app, b"", push({"eventType": "A"}), **{"x-cc-route-key": "7"}) == 200
+    assert sample(metrics, "bridge_affinity_misses_total", reason="no_key") == 1
+    assert sample(metrics, "bridge_affinity_misses_total", reason="other_agent") == 1
+    assert len(delivery.kept) == 3
+
+
+async def test_without_a_router_header_setting_nothing_is_checked():
+    delivery = StandInDelivery()
+    app, metrics, _ = endpoint(delivery)
+    assert await call_at(app, b"", push({"eventType": "A"}), **{"x-cc-route-key": "7"}) == 200
+    assert sample(metrics, "bridge_affinity_misses_total", reason="other_agent") == 0
+
+
+async def test_records_and_dead_letters_name_the_replica_that_accepted_them():
+    delivery = StandInDelivery()
+    app, _, _ = endpoint(delivery, REPLICA_NAME="bridge-2")
+    await call(app, push({"eventType": "A"}, {"eventType": ""}))
+    [records] = delivery.kept
+    assert [dict(r.headers)["bridge_replica"] for r in records] == [b"bridge-2", b"bridge-2"]
