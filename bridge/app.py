@@ -51,6 +51,7 @@ def create_app(settings: Settings, delivery: Delivery, metrics: Metrics, risk: A
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await delivery.start()
         yield
+        await delivery.drain_before_exit(settings.exit_drain_timeout_s)
         try:  # in-flight pushes are already answered; deliver what is still buffered, bounded
             await asyncio.wait_for(delivery.stop(), flush_bound)
         except TimeoutError:
@@ -67,6 +68,8 @@ def create_management_app(delivery: Delivery, metrics: Metrics, shutting_down: C
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        # The spool hears of a change first: replicas sharing its volume act on it before the router can.
+        await delivery.serve(delivery.ready and not shutting_down())
         info = delivery.describe()
         if shutting_down():
             return JSONResponse({"status": "not ready", "reason": "shutting down", **info}, 503)

@@ -133,8 +133,10 @@ SETTINGS = _declared(Settings)
 _VARIABLES = frozenset(s.variable for s in SETTINGS)
 
 
-def load(env: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from the environment; raise ConfigError on the first invalid variable."""
+def load(env: Mapping[str, str] | None = None, serving: bool = True) -> Settings:
+    """Build Settings from the environment; raise ConfigError on the first invalid variable.
+    `serving=False` (operator commands that open no port, such as `drain`) skips the rules about
+    the push and management ports: HTTPS material, tokens."""
     env = os.environ if env is None else env
     unknown = sorted(name for name in env if name.startswith(PREFIX) and name not in _VARIABLES)
     if unknown:
@@ -155,7 +157,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     given = frozenset(values)
     for rule in RULES:
-        settings = rule(settings, given)
+        if serving or rule not in SERVING_RULES:
+            settings = rule(settings, given)
     return settings
 
 
@@ -246,3 +249,4 @@ def _replica(s: Settings, given: Given) -> Settings:
 
 RULES: tuple[Rule, ...] = (_https, _tokens, _kafka_client_certificate, _sasl, _dead_letters, _publish_timeout,
                            _management, _replica)
+SERVING_RULES = (_https, _tokens, _management)

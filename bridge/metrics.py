@@ -68,8 +68,9 @@ class Metrics:
         for reason in QUARANTINE_REASONS:  # exported as 0 from the start, so rate() and alerts see them
             self.quarantined.labels(reason)
 
-    def watch_spool(self, spool: Spool | None) -> None:
-        """Gauges read from the spool at each scrape (all 0 when the bridge runs without one)."""
+    def watch_spool(self, spool: Spool | None, adopted: Callable[[], list[Spool]] = list) -> None:
+        """Gauges read from the spool (and the slots this replica delivers for replicas that are
+        gone, `adopted`) at each scrape (all 0 when the bridge runs without one)."""
         def gauge(name: str, text: str, read: Callable[[Spool], float]) -> None:
             Gauge(name, text, registry=self.registry).set_function(lambda: 0 if spool is None else read(spool))
 
@@ -78,6 +79,17 @@ class Metrics:
         gauge("bridge_spool_accepting", "1 while the spool can keep pushes, else 0.", lambda s: int(s.accepting))
         gauge("bridge_spool_oldest_age_seconds", "Age of the oldest push not yet delivered from the spool.",
               lambda s: 0 if s.oldest_ms is None else max(0.0, time.time() - s.oldest_ms / 1000))
+        gauge("bridge_spool_hold_age_seconds", "Age of the oldest hold: pushes kept back until another slot of the "
+              "spool volume delivered older pushes of agents that moved (0: none).",
+              lambda s: max([s.hold_age_s(), *(a.hold_age_s() for a in adopted())]))
+        gauge("bridge_spool_held_pushes", "Pushes accepted since the oldest hold began, kept back by it.",
+              lambda s: s.held_pushes)
+        gauge("bridge_spool_adopted_slots", "Slots left behind by replicas that are gone, delivered by this one.",
+              lambda s: len(adopted()))
+        gauge("bridge_spool_adopted_entries", "Pushes not yet delivered in the slots this replica adopted.",
+              lambda s: sum(a.entries for a in adopted()))
+        gauge("bridge_spool_orphaned_slots", "Slots of the spool volume with undelivered pushes and no process "
+              "delivering them, at the last look (about every 0.5 s).", lambda s: s.orphaned)
 
     def watch_risk(self, risk: AgentRisk) -> None:
         for seconds in RISK_THRESHOLDS_S:

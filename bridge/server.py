@@ -1,8 +1,10 @@
 """The HTTP servers of one bridge process, on one event loop (uvloop).
 
 The push endpoint (HTTPS, TLS 1.2 minimum) and the management endpoints (/healthz, /readyz,
-/metrics; plain HTTP on their own port). On SIGTERM or SIGINT the push server stops accepting,
-readiness turns false, in-flight pushes finish within BRIDGE_SHUTDOWN_TIMEOUT_S, the producer
+/metrics; plain HTTP on their own port). On SIGTERM or SIGINT the replica first tells the other
+replicas sharing its spool volume that it leaves (bridge/spool/neighbours.py), then the push server
+stops accepting, readiness turns false, in-flight pushes finish within BRIDGE_SHUTDOWN_TIMEOUT_S,
+the spool is delivered for up to BRIDGE_EXIT_DRAIN_TIMEOUT_S while Kafka is usable, the producer
 flushes, and `run` returns.
 """
 from __future__ import annotations
@@ -12,8 +14,9 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiokafka.util
@@ -70,9 +73,17 @@ class Server(uvicorn.Server):
     """uvicorn's server, with signal handling owned by at most one of the process's servers and
     without re-raising the signal after a graceful stop (so the exit code is 0)."""
 
-    def __init__(self, config: uvicorn.Config, owns_signals: bool) -> None:
+    def __init__(self, config: uvicorn.Config, owns_signals: bool,
+                 before_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
         super().__init__(config)
         self._owns_signals = owns_signals
+        self._before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """`before_shutdown` first (the replica leaves), then uvicorn's: the port closes after it."""
+        if self._before_shutdown is not None:
+            await self._before_shutdown()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -96,7 +107,8 @@ def open_spool(settings: config.Settings, on_damage: Callable[[int], object]) ->
                     "an outage longer than 2 minutes gets agents signed out by the gateway")
         return None, ""
     try:
-        spool = Spool.open(settings.spool_dir, settings.spool_max_bytes, on_damage=on_damage)
+        spool = Spool.open(settings.spool_dir, settings.spool_max_bytes, on_damage=on_damage,
+                           join_window_s=settings.join_window_s)
     except SpoolError as exc:
         log.error("outage spool unavailable: %s; pushes are refused with 503 whenever Kafka cannot take them", exc)
         return None, str(exc)
@@ -123,7 +135,8 @@ async def run(settings: config.Settings, make_publisher: Callable[..., Publisher
     risk = AgentRisk()
     metrics.watch_risk(risk)
     delivery = Delivery(make_publisher(settings, metrics), spool, metrics, spool_problem)
-    push = Server(push_config(settings, create_app(settings, delivery, metrics, risk)), owns_signals=True)
+    push = Server(push_config(settings, create_app(settings, delivery, metrics, risk)), owns_signals=True,
+                  before_shutdown=lambda: delivery.serve(False))
     management = Server(management_config(settings, create_management_app(delivery, metrics, lambda: push.should_exit)),
                         owns_signals=False)
     management_task = asyncio.create_task(management.serve(), name="management-server")

@@ -176,6 +176,11 @@ class Settings:
         "routers send `x-cc-route-key`); when set, pushes without it or with another agent's key are counted in "
         "`bridge_affinity_misses_total`. Set it only where the push port is reachable through the router alone",
         parse=header_name)
+    join_window_s: float = setting(
+        30.0, "replicas sharing one spool volume: how long after this replica starts taking pushes (at start, or "
+        "when ready again) the router may still be moving agents to it; meanwhile its spooled pushes wait for "
+        "what the other replicas spooled before them ([delivery.md](delivery.md#several-replicas))",
+        within=(1.0, 3600.0))
 
     # Where events go
     topic: str = setting("cc.agent.events", "default topic", parse=kafka_topic)
@@ -214,6 +219,9 @@ class Settings:
         within=(0.1, 60.0), shown=f"{{default}}; `{SPOOLED_PUBLISH_TIMEOUT_S:g}` with a spool")
     shutdown_timeout_s: float = setting(
         20.0, "on SIGTERM, how long in-flight pushes may take to finish", within=(0.0, 600.0))
+    exit_drain_timeout_s: float = setting(
+        60.0, "on SIGTERM, once in-flight pushes finished: how long the bridge keeps delivering its spool while "
+        "Kafka is usable before it exits (what is left stays on its volume)", within=(0.0, 3600.0))
 
     # Logs
     log_level: LogLevel = setting("info", "level of the log: {choices}")

@@ -6,12 +6,17 @@ were asked for. So no file operation ever holds up the event loop, a read never 
 append whose bytes it might see half of, and an operation asked for first is done first (a
 segment is closed before the next is created, a deletion comes before the position that follows it).
 Nothing else in the spool opens, writes, syncs or deletes a file.
+
+Slots of one root are also read by the other processes sharing it (bridge/spool/slots.py): they
+look at a slot's `alive`, `state` and `position` files and its segment names without its lock, so
+every file another process may read is replaced atomically (rename) or only grows.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import fcntl
+import mmap
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +55,83 @@ def claim(directory: Path) -> int | None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def announce(directory: Path, text: str) -> int:
+    """A fresh `alive` file in `directory` holding `text`, flock'd for as long as the returned
+    descriptor is open. A new inode each time, so that a lock found free on the inode another process
+    opened always means that the incarnation its text names is gone."""
+    temporary = directory / f"alive.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows this inode yet
+        os.write(fd, text.encode())
+        os.replace(temporary, directory / "alive")
+    except OSError:
+        os.close(fd)
+        temporary.unlink(missing_ok=True)
+        raise
+    return fd
+
+
+def look_alive(directory: Path) -> tuple[str, bool] | None:
+    """The text of the slot's `alive` file and whether the process that wrote it still holds its
+    lock; None when there is no such file."""
+    try:
+        fd = os.open(directory / "alive", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = True
+        else:
+            held = False
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return os.pread(fd, 4096, 0).decode(errors="replace"), held
+    finally:
+        os.close(fd)
+
+
+def read_optional(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def segment_sizes(directory: Path, suffix: str) -> list[tuple[int, int]]:
+    """(id, size) of every segment file in `directory`, by id; a file deleted meanwhile is left out."""
+    found = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        stem, dot, rest = entry.name.partition(".")
+        if dot and "." + rest == suffix and stem.isdigit():
+            try:
+                found.append((int(stem), entry.stat().st_size))
+            except FileNotFoundError:
+                continue
+    return sorted(found)
+
+
+def slot_directories(root: Path, prefix: str) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.name.startswith(prefix) and p.is_dir())
+
+
+def map_shared(path: Path, size: int) -> mmap.mmap:
+    """`path` (created, or grown to `size` bytes, if needed) mapped shared: every process that maps
+    it sees the others' writes at once (one page cache)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
 
 
 # -- segments --------------------------------------------------------------------------------------
@@ -127,6 +209,19 @@ def rewrite(path: Path, data: bytes) -> None:
     write_durably(temporary, data)
     os.replace(temporary, path)
     sync_directory(path.parent)
+
+
+def add_line(path: Path, line: str) -> None:
+    """Append `line` to `path` (created if needed) and make it durable."""
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, line.encode())
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        sync_directory(path.parent)
 
 
 def save(path: Path, text: str) -> None:

@@ -3,12 +3,20 @@ names of its files. Bookkeeping in memory only; the writer, the reader and recov
 do the file operations that go with each change (through bridge/spool/files.py).
 
 Layout of a slot directory:
-    lock           flock'd for the life of the owning process; contains the owner's pid
+    lock           flock'd by the process using the slot (its owner, or one delivering it for an owner
+                   that is gone); contains that process's pid
     <id>.seg       segments, written in order; a segment is deleted once every entry in it is delivered
     position       "<segment id> <offset>" of the next entry to deliver (advisory: losing it only
-                   means entries are delivered again, with the same ce_id)
+                   means entries are delivered again, with the same ce_id). Kept when the slot is
+                   empty, so that segment ids only grow over the slot's life: other processes compare
+                   positions of this slot across its owners (bridge/spool/slots.py)
+    alive, state   who owns the slot and whether it takes pushes (bridge/spool/slots.py)
+    holds          entries that wait for other slots (bridge/spool/holds.py)
     corrupt/       damaged bytes moved aside, one file per damaged stretch
     refused/       entries Kafka refuses for good, set aside by the drainer
+
+A position (segment id, offset) orders the entries of one slot: an entry is before a position when
+its own position is lower.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from pathlib import Path
 from .format import HEADER
 
 SEGMENT_SUFFIX = ".seg"
+Position = tuple[int, int]  # (segment id, offset)
 OnDamage = Callable[[int], object]  # told how many damaged entries were just found and moved aside
 
 
@@ -39,6 +48,8 @@ class Ledger:
         self.entries = 0                     # durable entries not delivered yet
         self.bytes = 0                       # bytes of every segment file on disk
         self.oldest_ms: int | None = None    # accepted-at of the next entry to deliver
+        self.added = 0                       # entries appended since the slot was opened
+        self.rewritten: set[int] = set()     # segments recovery rewrote (their offsets changed)
 
     # -- names -------------------------------------------------------------------------------------
 
@@ -51,6 +62,20 @@ class Ledger:
 
     def aside_path(self, folder: str, segment_id: int, offset: int) -> Path:
         return self.directory / folder / f"{segment_id:020d}-{offset}.bin"
+
+    @property
+    def end(self) -> Position:
+        """Where the next entry will be: every durable entry is before it, every later one is not."""
+        if not self.segments:
+            return self.next_id, 0
+        return self.segments[-1].id, self.segments[-1].size
+
+    @property
+    def head_position(self) -> Position:
+        """Where the next entry to deliver is (the end when there is none)."""
+        if not self.segments:
+            return self.next_id, 0
+        return self.segments[0].id, self.head
 
     # -- appending -----------------------------------------------------------------------------------
 
@@ -84,6 +109,7 @@ class Ledger:
         if self.entries == 0:
             self.oldest_ms = first_ms
         self.entries += count
+        self.added += count
 
     # -- delivering ----------------------------------------------------------------------------------
 
@@ -119,11 +145,10 @@ class Ledger:
 
     # -- the position file -----------------------------------------------------------------------------
 
-    def position_text(self) -> str | None:
-        """What the position file says now; None when there is no segment (no file)."""
-        if not self.segments:
-            return None
-        return f"{self.segments[0].id} {self.head}\n"
+    def position_text(self) -> str:
+        """What the position file says now (with no segment left: the start of the next one)."""
+        position = self.head_position
+        return f"{position[0]} {position[1]}\n"
 
 
 def parse_position(text: str) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import Literal
 from . import files
 from .files import Files
 from .format import HEADER, Entry, accepted_at, scan
-from .ledger import Ledger, OnDamage
+from .ledger import Ledger, OnDamage, Position
 from .writer import Writer
 
 log = logging.getLogger("bridge.spool")
@@ -30,18 +30,23 @@ class Reader:
         self._writer = writer
         self._on_damage = on_damage
 
-    async def read(self, limit: int = READ_BYTES) -> list[Entry]:
+    async def read(self, limit: int = READ_BYTES, before: Position | None = None) -> list[Entry]:
         """The next durable, undelivered entries, in order: about `limit` bytes of them (more if
         one entry is larger), so memory stays bounded whatever the spool holds and the event loop
-        is never held up by a whole segment."""
+        is never held up by a whole segment. With `before`, only entries before that position
+        (a hold's cut, always the end of an entry)."""
         ledger = self._ledger
         while ledger.segments:
             segment = ledger.segments[0]
             head, size = ledger.head, segment.size
+            if before is not None and (segment.id, head) >= before:
+                return []
             if head >= size:
                 if not await self._retire_head():
                     return []
                 continue
+            if before is not None and segment.id == before[0]:
+                size = min(size, before[1])
             end = min(size, head + limit)
             data = await self._io.run(files.read_range, segment.path, head, end)
             entries: list[Entry] = []
@@ -75,11 +80,7 @@ class Reader:
         if ledger.head >= ledger.segments[0].size:
             await self._retire_head()
         await self._settle()
-        text = ledger.position_text()
-        if text is None:
-            await self._io.run(files.remove, ledger.position_path)
-        else:
-            await self._io.run(files.save, ledger.position_path, text)
+        await self._io.run(files.save, ledger.position_path, ledger.position_text())
 
     async def set_aside(self, entry: Entry, folder: Folder) -> Path:
         """Keep `entry`'s payload, durable, in the slot's `folder` directory, so it no longer holds

@@ -33,7 +33,7 @@ def recover(directory: Path, on_damage: OnDamage) -> Ledger:
         if damaged:
             on_damage(damaged)
     if ledger.entries:
-        log.warning("spool %s holds %d undelivered pushes (%d bytes) from before this start; they are "
+        log.warning("spool %s holds %d undelivered pushes (%d bytes) written before it was opened; they are "
                     "delivered to Kafka first", directory, ledger.entries, ledger.bytes)
     return ledger
 
@@ -66,6 +66,7 @@ def recover_segment(ledger: Ledger, segment_id: int, start: int, newest: bool) -
     if damaged:  # keep the valid frames only, switching files atomically; deliver it from its start
         data = b"".join(data[e.offset:e.end] for e in kept)
         files.rewrite(path, data)
+        ledger.rewritten.add(segment_id)
         kept, start = [e for e in scan(data, segment_id) if isinstance(e, Entry)], 0
     if not ledger.segments:  # the oldest segment: delivery resumes at the recorded position
         ledger.head = start if start == len(data) or any(e.offset == start for e in kept) else 0

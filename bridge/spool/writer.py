@@ -5,12 +5,16 @@ Appends that arrive while a write is in progress wait for the next one, and go t
 in one write and one fdatasync. A write or fsync error fails every append of that batch (the
 caller answers 503), cuts the unsynced bytes off again, and refuses appends for
 RETRY_AFTER_ERROR_S. New appends after a start always begin a new segment.
+
+Appends are taken only while the slot's owner serves (bridge/spool/neighbours.py); before each
+batch is written, the `vet` hook may take a hold whose cut is the end before the batch.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from . import files
 from .files import Files
@@ -30,8 +34,12 @@ class SpoolError(Exception):
 
 
 class Writer:
-    def __init__(self, ledger: Ledger, io: Files, max_bytes: int, segment_bytes: int) -> None:
+    def __init__(self, ledger: Ledger, io: Files, max_bytes: int, segment_bytes: int,
+                 vet: Callable[[], Awaitable[None]] | None = None) -> None:
         self._ledger = ledger
+        self.vet = vet
+        self.serving = False  # appends are taken (the owner serves)
+        self.not_serving = "this replica takes no pushes into its spool now (it is leaving, or not ready)"
         self._io = io
         self.max_bytes = max_bytes
         self._segment_bytes = segment_bytes
@@ -67,6 +75,8 @@ class Writer:
         """Return once the entry is durable on disk; raise SpoolError if it cannot be kept."""
         if self._closed or time.monotonic() < self._broken_until:
             raise SpoolError(self.refusal)
+        if not self.serving:
+            raise SpoolError(self.not_serving)
         data = frame(payload, int(time.time() * 1000))
         if self._ledger.bytes + self._pending_bytes + len(data) > self.max_bytes:
             raise SpoolError(f"the spool is full ({self.max_bytes} bytes)")
@@ -78,6 +88,10 @@ class Writer:
             self._task = asyncio.create_task(self._write_loop(), name="spool-writer")
         self._wake.set()
         await done
+
+    async def quiet(self) -> None:
+        """Return once nothing is pending or being written."""
+        await self._quiet.wait()
 
     async def close(self) -> None:
         """Refuse new appends and return once the ones accepted are written (or failed)."""
@@ -95,6 +109,8 @@ class Writer:
                 batch, size = self._take_batch()
                 self._writing = True
                 try:
+                    if self.vet is not None:
+                        await self.vet()
                     segment, fd = await self._segment_for(size)
                     await self._io.run(files.append, fd, b"".join(d for d, _ in batch), segment.size)
                 except OSError as exc:
