@@ -78,6 +78,7 @@ class Spool:
         self._settled = 0.0
         self._released = False
         self.on_close: Callable[[], None] | None = None
+        self._adopt: Callable[[Spool], Awaitable[None]] | None = None
         self._mark()
 
     @classmethod
@@ -257,16 +258,17 @@ class Spool:
     def watch(self, adopt: Callable[[Spool], Awaitable[None]]) -> None:
         """Adopt slots left behind by processes that are gone, handing each to `adopt` (which
         delivers it, then closes it), until close."""
-        if self._neighbours is None:
-            return
-        neighbours, board = self._neighbours, self._board
+        self._adopt = adopt
+        if self._neighbours is not None:
+            self._neighbours.watch(self._take)
 
-        async def take(directory: Path, lock_fd: int) -> None:
-            spool = await Spool.adopt(directory, lock_fd, board, self.max_bytes, self._on_damage)
+    async def _take(self, directory: Path, lock_fd: int) -> None:
+        spool = await Spool.adopt(directory, lock_fd, self._board, self.max_bytes, self._on_damage)
+        neighbours = self._neighbours
+        if neighbours is not None:
             spool.on_close = lambda: neighbours.released(directory.name)
-            await adopt(spool)
-
-        neighbours.watch(take)
+        if self._adopt is not None:
+            await self._adopt(spool)
 
     async def read(self, limit: int = READ_BYTES) -> list[Entry]:
         """The next undelivered entries before every hold's cut, in order, about `limit` bytes of them."""
