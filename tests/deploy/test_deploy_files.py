@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import tomllib
 from collections import Counter
@@ -334,8 +335,9 @@ def test_compose_bridge_scales_and_stops_gracefully(compose, compose_bridge):
     assert compose_bridge.transactional_id is None, "replicas must not share a transactional id"
     assert compose_bridge.host == compose_bridge.management_host == "0.0.0.0"
     assert bridge_service.get("stop_signal", "SIGTERM") == "SIGTERM"
-    assert seconds(bridge_service["stop_grace_period"]) > compose_bridge.shutdown_timeout_s, \
-        "docker would kill the bridge while it still drains pushes"
+    assert seconds(bridge_service["stop_grace_period"]) > (compose_bridge.shutdown_timeout_s
+                                                            + compose_bridge.exit_drain_timeout_s), \
+        "docker would kill the bridge while it still finishes pushes or delivers its spool"
     assert bridge_service["read_only"] is True and bridge_service["cap_drop"] == ["ALL"]
 
 
@@ -536,15 +538,18 @@ def test_probes_use_the_management_endpoints(kustomization):
         assert get.get("scheme", "HTTP") == "HTTP", f"{probe}: the management port is plain HTTP"
 
 
-def test_termination_grace_covers_prestop_and_drain(kustomization):
+def test_termination_grace_covers_prestop_in_flight_pushes_and_the_exit_drain(kustomization):
     objects = render(kustomization)
     pod, container = pod_of(objects)
-    shutdown = float(pod_env(objects).get("BRIDGE_SHUTDOWN_TIMEOUT_S", DEFAULTS["shutdown_timeout_s"]))
+    env = pod_env(objects)
+    shutdown = float(env.get("BRIDGE_SHUTDOWN_TIMEOUT_S", DEFAULTS["shutdown_timeout_s"]))
+    exit_drain = float(env.get("BRIDGE_EXIT_DRAIN_TIMEOUT_S", DEFAULTS["exit_drain_timeout_s"]))
     pre_stop = container["lifecycle"]["preStop"]
     delay = pre_stop["sleep"]["seconds"] if "sleep" in pre_stop else 0
     assert delay > 0, "a preStop delay lets endpoints and load balancers forget the pod before SIGTERM"
-    assert pod["terminationGracePeriodSeconds"] > delay + shutdown, \
-        "Kubernetes would kill the bridge while it still drains pushes"
+    assert exit_drain > 0, "a scale-down would leave the spool on a claim no pod reads"
+    assert pod["terminationGracePeriodSeconds"] > delay + shutdown + exit_drain, \
+        "Kubernetes would kill the bridge while it still finishes pushes or delivers its spool"
 
 
 def test_pod_is_locked_down(kustomization):
@@ -647,6 +652,86 @@ def test_network_policy_opens_only_what_the_bridge_uses(kustomization):
     assert ("UDP", 53) in egress_ports, "DNS"
     for server in env["BRIDGE_KAFKA_BOOTSTRAP_SERVERS"].split(","):
         assert ("TCP", int(server.rsplit(":", 1)[1])) in egress_ports, f"Kafka at {server}"
+
+
+# ------------------------------------------------------------------- the drain Job (a component)
+
+JOBS = KUBERNETES / "jobs"
+
+
+@functools.cache
+def render_with_jobs(name: str) -> list[dict]:
+    """One of KUSTOMIZATIONS with the drain Job component added to it, as an operator adds it to
+    their overlay: the same kustomization, written elsewhere with its paths rebased."""
+    need(yaml, "PyYAML")
+    source = KUSTOMIZATIONS[name]
+    overlay = Path(tempfile.mkdtemp(prefix="jobs-overlay-"))
+
+    def rebase(path: str) -> str:
+        return os.path.relpath(source / path, overlay)
+
+    kustomization = yaml.safe_load((source / "kustomization.yaml").read_text())
+    kustomization["resources"] = [rebase(r) for r in kustomization.get("resources", [])]
+    kustomization["components"] = [rebase(c) for c in kustomization.get("components", [])] + [
+        os.path.relpath(JOBS, overlay)]
+    for generator in kustomization.get("configMapGenerator", []):
+        for key in ("envs", "files"):
+            if key in generator:
+                generator[key] = [rebase(f) for f in generator[key]]
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    result = run([tool("kubectl"), "kustomize", "--load-restrictor", "LoadRestrictionsNone", overlay])
+    shutil.rmtree(overlay, ignore_errors=True)
+    assert result.returncode == 0, f"kustomize {name} with the jobs component:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_drain_job_matches_schemas(kustomization, version):
+    validator = need(kubernetes_validate, "kubernetes-validate")
+    added = [o for o in render_with_jobs(kustomization) if o not in render(kustomization)]
+    assert sorted(o["kind"] for o in added) == ["Job", "NetworkPolicy"]
+    for obj in added:
+        validator.validate(obj, version, strict=True)
+
+
+def test_drain_job_runs_cc_bridge_drain_on_a_retained_spool_claim_with_the_bridges_settings(kustomization, tmp_path):
+    objects = render_with_jobs(kustomization)
+    assert "jobs" not in (KUBERNETES / "base" / "kustomization.yaml").read_text(), "not part of the base"
+    job = one(objects, "Job")
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    workload_pod, bridge = pod_of(objects)
+    assert container["image"] == bridge["image"] and container["args"][0] == "drain"
+    assert container["envFrom"] == bridge["envFrom"], "the bridge's own (generated) ConfigMap"
+    env = one(objects, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
+    stand_ins = {}
+    for name in file_settings(env):
+        (tmp_path / name).write_text("")
+        stand_ins[name] = str(tmp_path / name)
+    settings = config.load({**env, **stand_ins}, serving=False)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for name, path in file_settings(env).items():
+        mount = next(m for m in container["volumeMounts"] if under(path, m["mountPath"]))
+        assert mount.get("readOnly") and "secret" in volumes[mount["name"]], f"{name}: a read-only Secret"
+    [spool] = [m for m in container["volumeMounts"] if m["mountPath"] == str(settings.spool_dir)]
+    claim = volumes[spool["name"]]["persistentVolumeClaim"]["claimName"]
+    workload = one(objects, "StatefulSet")
+    template = workload["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    assert re.fullmatch(rf"{template}-{workload['metadata']['name']}-\d+", claim), \
+        f"{claim} is not a claim the StatefulSet keeps"
+    assert not spool.get("readOnly")
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 1
+    for key in ("runAsNonRoot", "runAsUser", "fsGroup", "seccompProfile"):
+        assert pod["securityContext"][key] == workload_pod["securityContext"][key], key
+    assert container["securityContext"] == bridge["securityContext"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    for service in (o for o in objects if o["kind"] == "Service"):
+        assert not all(labels.get(k) == v for k, v in service["spec"]["selector"].items()), \
+            f"Service {service['metadata']['name']} would send pushes to the drain pod"
+    policies = {p["metadata"]["name"]: p["spec"] for p in objects if p["kind"] == "NetworkPolicy"}
+    drain_policy = policies["cc-gateway-bridge-drain-spool"]
+    assert all(labels.get(k) == v for k, v in drain_policy["podSelector"]["matchLabels"].items())
+    assert drain_policy["ingress"] == [] and drain_policy["egress"] == policies["cc-gateway-bridge"]["egress"]
 
 
 # --------------------------------------------------------------------------------------- all files
