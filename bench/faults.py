@@ -18,6 +18,10 @@ Single broker:
   two-replicas     like long-outage, with two bridges (a spool each) behind a local HAProxy, so one
                    agent's pushes land on both; reports reorders as consumers see them and after
                    ordering each agent's records by receipt time (ce_time)
+  replica-loss     `replicas` bridges sharing one spool directory behind an agent-affine router; Kafka
+                   dead for `long_outage_s`, one replica killed with a spool, back `return_after_s`
+                   after Kafka (bench/replica_drills.py); replica-loss-separate: a spool directory
+                   each, as in Kubernetes, measuring how many agents come out of order
 Three-node cluster, the bridge with its outage spool as deployed (each ends once every partition
 has all its replicas in sync again):
   leader-kill      kill -9 a broker leading partitions of the topic (not the active controller),
@@ -47,15 +51,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import replica_drills
 from ._cluster import TOKEN, BridgeProcess, Broker, Cluster, LoadBalancer, make_tls
 from .simulate import Ledger, SimSettings, Simulator, Summary, pair
 from .verify import RESTORED, Figures, Seen, compare, read_topics
 
 BROKER_SCENARIOS = ("broker-kill", "bridge-kill", "bridge-term", "broker-pause", "broker-outage", "long-outage",
-                    "two-replicas")
+                    "two-replicas", *replica_drills.SCENARIOS)
+LONG_ONLY = ("two-replicas", *replica_drills.SCENARIOS)  # not in `make test`'s short form
 CLUSTER_SCENARIOS = ("leader-kill", "controller-kill", "rolling-restart", "quorum-loss")
 SCENARIOS = BROKER_SCENARIOS + CLUSTER_SCENARIOS
-SPOOLED = ("long-outage", "two-replicas", *CLUSTER_SCENARIOS)  # bridges with the outage spool
+SPOOLED = ("long-outage", "two-replicas", *replica_drills.SCENARIOS, *CLUSTER_SCENARIOS)  # with the outage spool
 DRAIN_TIMEOUT_S = 300.0
 FIRST_ACK_TIMEOUT_S = 60.0
 
@@ -75,6 +81,8 @@ class DrillSettings:
     outage_s: float = 12.0            # broker-outage, quorum-loss: how long the brokers stay dead
     long_outage_s: float = 130.0      # long-outage, two-replicas: longer than the sign-out window
     node_down_s: float = 10.0         # leader-kill, controller-kill: how long the node stays dead
+    replicas: int = 3                 # replica-loss: bridges behind the agent-affine router
+    return_after_s: float = 30.0      # replica-loss: the killed replica returns this long after Kafka
     partitions: int = 6
     bridge_env: dict[str, str] = field(default_factory=dict)
 
@@ -99,6 +107,10 @@ class DrillResult:
         a push can be kept somewhere) and nobody was signed out. Across two replicas the order is
         judged as a consumer restores it (by ce_time)."""
         f = self.figures
+        if self.scenario == replica_drills.SHARED:  # the kill fails the pushes in flight: they are retried
+            return f.ok and f.signed_out == 0
+        if self.scenario == replica_drills.SEPARATE:  # order is measured, not promised
+            return f.lost == 0 and f.signed_out == 0
         if self.scenario == "two-replicas":
             return f.lost == 0 and f.restored_order_violations == 0 and f.signed_out == 0
         if self.scenario in SPOOLED:
@@ -190,10 +202,14 @@ async def run_drill(scenario: str, kafka: Broker | Cluster, tls: Path, workdir: 
         raise ValueError(f"{scenario} runs against a {'cluster' if scenario in CLUSTER_SCENARIOS else 'single broker'}")
     topic = f"drill.{scenario}.{uuid.uuid4().hex[:8]}"
     env = bridge_env(kafka, topic, settings)
-    bridges = [BridgeProcess({**env, "BRIDGE_SPOOL_DIR": str(workdir / f"spool-{topic}-{n}")}
-                             if scenario in SPOOLED else env, tls, workdir)
-               for n in range(2 if scenario == "two-replicas" else 1)]
-    balancer = LoadBalancer(bridges, workdir) if len(bridges) > 1 else None
+    if scenario in replica_drills.SCENARIOS:
+        spools = replica_drills.spool_dirs(scenario, str(workdir / f"spool-{topic}"), settings.replicas)
+    else:
+        spools = [str(workdir / f"spool-{topic}-{n}") for n in range(2 if scenario == "two-replicas" else 1)]
+    bridges = [BridgeProcess({**env, "BRIDGE_SPOOL_DIR": spool} if scenario in SPOOLED else env, tls, workdir)
+               for spool in spools]
+    router = replica_drills.AgentRouter(bridges) if scenario in replica_drills.SCENARIOS else None
+    balancer = LoadBalancer(bridges, workdir) if len(bridges) > 1 and router is None else None
     for bridge in bridges:
         await asyncio.to_thread(bridge.start)
     if balancer is not None:
@@ -206,7 +222,7 @@ async def run_drill(scenario: str, kafka: Broker | Cluster, tls: Path, workdir: 
         duration_s=bound,  # a bound; stop() ends it
         retry_interval_s=settings.retry_interval_s, timeout_s=settings.timeout_s,
         signout_after_s=settings.signout_after_s, think_s=settings.think_s, drain_s=settings.drain_s,
-    ), ledger)
+    ), ledger, route=router.url if router is not None else None)
     load = asyncio.create_task(simulator.run(), name=f"gateway-{scenario}")
     watch = ReadinessWatch(bridges)
     readiness = asyncio.create_task(watch.run(), name=f"readiness-{scenario}")
@@ -219,7 +235,11 @@ async def run_drill(scenario: str, kafka: Broker | Cluster, tls: Path, workdir: 
             f"{simulator.pushes_acked} pushes acknowledged so far")
         ledger.mark("fault")
         fault_started = time.monotonic()
-        await inject(scenario, kafka, bridges[0], settings, topic, log)
+        if router is not None:
+            await replica_drills.inject(kafka, router, settings.long_outage_s, settings.return_after_s,
+                                        lambda line: log(f"[{scenario}] {line}"))
+        else:
+            await inject(scenario, kafka, bridges[0], settings, topic, log)
         fault_s = time.monotonic() - fault_started
         ledger.mark(RESTORED)
         log(f"[{scenario}] restored after {fault_s:.1f} s")
@@ -271,10 +291,15 @@ class ReadinessWatch:
 
 
 async def until_drained(bridges: list[BridgeProcess], timeout_s: float = DRAIN_TIMEOUT_S) -> float:
-    """Wait until every bridge reports mode "direct" (its spool delivered); seconds it took."""
+    """Wait until every bridge reports mode "direct" (its spool delivered) and no hold or adopted
+    slot; seconds it took."""
     started = time.monotonic()
+
+    def delivered(info: dict) -> bool:
+        return info.get("mode") == "direct" and not {"holding", "adopted"} & set(info.get("spool", {}))
+
     for bridge in bridges:
-        while (await asyncio.to_thread(bridge.readiness)).get("mode") != "direct":
+        while not delivered(await asyncio.to_thread(bridge.readiness)):
             if time.monotonic() - started > timeout_s:
                 raise RuntimeError(f"spool of {bridge.url} not drained within {timeout_s:.0f} s: "
                                    f"{await asyncio.to_thread(bridge.readiness)}")
@@ -319,6 +344,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DrillSetting
                         help="long-outage, two-replicas: seconds the broker stays dead")
     parser.add_argument("--node-down", type=float, default=30.0,
                         help="leader-kill, controller-kill: seconds the killed node stays dead")
+    parser.add_argument("--replicas", type=int, default=3, help="replica-loss: bridges behind the router")
+    parser.add_argument("--return-after", type=float, default=30.0,
+                        help="replica-loss: seconds after Kafka is back until the killed replica returns")
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--bridge-env", action="append", default=[], metavar="BRIDGE_X=VALUE",
                         help="extra bridge setting, e.g. BRIDGE_ATOMIC_PUSHES=true (repeatable)")
@@ -330,7 +358,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DrillSetting
                              after_s=args.after, retry_interval_s=args.retry_interval, timeout_s=args.timeout,
                              signout_after_s=args.signout_after, think_s=args.think, drain_s=args.drain,
                              pause_s=args.pause, outage_s=args.outage, long_outage_s=args.long_outage,
-                             node_down_s=args.node_down,
+                             node_down_s=args.node_down, replicas=args.replicas, return_after_s=args.return_after,
                              partitions=args.partitions, bridge_env=extra)
     return args, settings
 

@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,10 +232,14 @@ class Summary:
 
 
 class Simulator:
-    """The gateway for `settings.agents` agents. `await run()` once; `stop()` ends it early."""
+    """The gateway for `settings.agents` agents. `await run()` once; `stop()` ends it early.
+    `route(workNo)`, when given, is the URL each push of that agent goes to (an agent-affine router
+    in front of several bridges); otherwise every push goes to `settings.url`."""
 
-    def __init__(self, settings: SimSettings, ledger: Ledger | None = None) -> None:
+    def __init__(self, settings: SimSettings, ledger: Ledger | None = None,
+                 route: Callable[[str], str] | None = None) -> None:
         self.settings = settings
+        self._route = route
         self.ledger = ledger if ledger is not None else Ledger()
         self._stop_at = float("inf")
         self._pushes_acked = self._events_acked = self._attempts = 0
@@ -302,7 +306,8 @@ class Simulator:
             tries += 1
             self._attempts += 1
             sent = time.time()
-            why = await self._post(session, body, agent.current_guid(sent, s.node, s.guid_rotation_s))
+            url = self._route(agent.work_no) if self._route else s.url
+            why = await self._post(session, url, body, agent.current_guid(sent, s.node, s.guid_rotation_s))
             answered = time.time()
             if why is None:
                 self._pushes_acked += 1
@@ -333,11 +338,11 @@ class Simulator:
         """How long the agent's pushes have been failing: from sending the first failed attempt."""
         return {} if agent.failing_since is None else {"failing_s": round(now - agent.failing_since, 3)}
 
-    async def _post(self, session: aiohttp.ClientSession, body: bytes, guid: str) -> str | None:
+    async def _post(self, session: aiohttp.ClientSession, url: str, body: bytes, guid: str) -> str | None:
         """None when the push was accepted ("0"), otherwise why it failed, in a few words."""
         headers = {"Content-Type": CONTENT_TYPE, "Guid": guid, "service_token": self.settings.token}
         try:
-            async with session.post(self.settings.url, data=body, headers=headers) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 answer = await response.read()
                 status = response.status
         except TimeoutError:

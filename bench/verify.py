@@ -76,6 +76,7 @@ class Figures:
     longest_failure_s: float = 0.0
     longest_gap_s: float | None = None
     restored_order_violations: int | None = None  # after ordering each agent's records by ce_time
+    agents_out_of_order: int = 0  # agents with at least one order violation
     lost_sample: list = field(default_factory=list)
     violation_sample: list = field(default_factory=list)
 
@@ -93,6 +94,7 @@ class Figures:
                 f"longest_gap_s={seconds(self.longest_gap_s)} "
                 f"recovery_s={seconds(self.recovery_s)} last_failure_s={seconds(self.last_failure_s)} "
                 f"records={self.records} unacked_found={self.unacked_found} foreign={self.foreign}"
+                + (f" agents_out_of_order={self.agents_out_of_order}" if self.order_violations else "")
                 + ("" if self.restored_order_violations is None
                    else f" order_violations_by_ce_time={self.restored_order_violations}"))
 
@@ -121,6 +123,7 @@ def compare(ledger: Ledger, records: Iterable[Seen], sample: int = 10) -> Figure
     last_gen: dict[tuple[str, str], int] = {}
     total = duplicates = violations = foreign = 0
     violation_sample = []
+    out_of_order: set[str] = set()
     for record in records:
         total += 1
         if record.agent is None or record.gen_time is None:
@@ -136,6 +139,7 @@ def compare(ledger: Ledger, records: Iterable[Seen], sample: int = 10) -> Figure
         previous = last_gen.get(stream)
         if previous is not None and record.gen_time <= previous:
             violations += 1
+            out_of_order.add(record.agent)
             if len(violation_sample) < sample:
                 violation_sample.append((record.topic, record.partition, record.offset, record.agent,
                                          record.gen_time, previous))
@@ -153,6 +157,7 @@ def compare(ledger: Ledger, records: Iterable[Seen], sample: int = 10) -> Figure
         longest_failure_s=max((e.get("failing_s", 0.0) for e in ledger.entries
                                if e["kind"] in ("ack", "signout", "abandon")), default=0.0),
         longest_gap_s=longest_gap(ledger), lost_sample=sorted(missing)[:sample], violation_sample=violation_sample,
+        agents_out_of_order=len(out_of_order),
     )
 
 

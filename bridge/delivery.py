@@ -35,7 +35,7 @@ log = logging.getLogger("bridge.delivery")
 SPOOLED_HEADER = ("bridge_spooled", b"true")
 DRAIN_CHUNK = 200           # entries decoded, published and acknowledged to the spool together
 DRAIN_RETRY_S = 1.0
-HOLD_POLL_S = 0.25          # how often a held spool looks whether the slots it waits for delivered
+HOLD_POLL_S = 0.05          # how often a held spool looks whether the slots it waits for delivered
 DRAIN_PUBLISH_TIMEOUT_S = 30.0  # nobody waits on a drained entry: give Kafka the producer's own timeout
 
 

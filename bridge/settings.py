@@ -177,7 +177,7 @@ class Settings:
         "`bridge_affinity_misses_total`. Set it only where the push port is reachable through the router alone",
         parse=header_name)
     join_window_s: float = setting(
-        30.0, "replicas sharing one spool volume: how long after this replica starts taking pushes (at start, or "
+        15.0, "replicas sharing one spool volume: how long after this replica starts taking pushes (at start, or "
         "when ready again) the router may still be moving agents to it; meanwhile its spooled pushes wait for "
         "what the other replicas spooled before them ([delivery.md](delivery.md#several-replicas))",
         within=(1.0, 3600.0))

@@ -45,8 +45,8 @@ from .writer import SpoolError, Writer
 __all__ = ["Entry", "Folder", "Spool", "SpoolError", "claim"]
 
 SEGMENT_BYTES = 16 * 1024 * 1024
-JOIN_WINDOW_S = 30.0
-SETTLE_EVERY_S = 0.25
+JOIN_WINDOW_S = 15.0
+SETTLE_EVERY_S = 0.05  # a look costs a few system calls per slot waited for
 
 
 def _ignore(_count: int) -> None:

@@ -159,5 +159,8 @@ class Holds:
 
 
 def describe(holds: list[Hold]) -> str:
-    waits = sorted({f"{name} (up to {mark[0]}:{mark[1]})" for h in holds for name, mark in h.waits})
-    return ", ".join(waits) or "nothing"
+    """The slots waited for, each with its furthest mark."""
+    furthest: dict[str, tuple[int, int]] = {}
+    for name, mark in (w for h in holds for w in h.waits):
+        furthest[name] = max(mark, furthest.get(name, mark))
+    return ", ".join(f"{name} (up to {m[0]}:{m[1]})" for name, m in sorted(furthest.items())) or "nothing"

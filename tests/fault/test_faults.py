@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from bench.faults import BROKER_SCENARIOS, DrillSettings, run_drill
+from bench.faults import BROKER_SCENARIOS, LONG_ONLY, DrillSettings, run_drill
 
 pytestmark = pytest.mark.fault
 
@@ -22,7 +22,7 @@ EXTRA_ENV = dict(item.split("=", 1) for item in os.environ.get("BENCH_BRIDGE_ENV
 SHORT = DrillSettings(agents=50, duration_s=14.0, fault_at=0.3, after_s=6.0, retry_interval_s=1.0, timeout_s=8.0,
                       drain_s=30.0, pause_s=8.0, outage_s=10.0, long_outage_s=125.0, partitions=6,
                       bridge_env=EXTRA_ENV)
-SHORT_SCENARIOS = [s for s in BROKER_SCENARIOS if s != "two-replicas"]  # that one runs in the long form only
+SHORT_SCENARIOS = [s for s in BROKER_SCENARIOS if s not in LONG_ONLY]  # those run in the long form only
 
 
 @pytest.mark.parametrize("scenario", SHORT_SCENARIOS)
