@@ -226,3 +226,16 @@ def test_kafka_clients_get_the_sasl_login(tmp_path: Path):
     plain = kafka_client_options(config.load({**BASE, **SASL, "BRIDGE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}))
     assert "ssl_context" not in plain and plain["sasl_mechanism"] == "SCRAM-SHA-512"
     assert "sasl_mechanism" not in kafka_client_options(config.load(BASE))
+
+
+def test_operator_commands_need_no_certificate_or_token():
+    """`cc-bridge drain` opens no port: it reads Kafka's settings without HTTPS material or tokens,
+    and the rules every setting obeys on its own still hold."""
+    kafka_only = {"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": "k1:9092", "BRIDGE_SPOOL_DIR": "/s"}
+    with pytest.raises(ConfigError, match="BRIDGE_TLS_CERTFILE"):
+        config.load(kafka_only)
+    settings = config.load(kafka_only, serving=False)
+    assert settings.spool_dir == Path("/s") and settings.service_tokens == ()
+    assert settings.exit_drain_timeout_s == 60.0 and settings.join_window_s == 15.0
+    with pytest.raises(ConfigError, match="BRIDGE_KAFKA_SSL_CERTFILE"):
+        config.load({**kafka_only, "BRIDGE_KAFKA_SSL_KEYFILE": __file__}, serving=False)
