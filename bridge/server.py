@@ -13,10 +13,8 @@ import gc
 import logging
 import signal
 import ssl
-import sys
 from collections.abc import Callable, Iterator
 
-import aiokafka.util
 import orjson
 import uvicorn
 from starlette.types import ASGIApp
@@ -25,6 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from . import config
 from .app import create_app, create_management_app
 from .delivery import Delivery
+from .kafka import give_aiokafka_the_loop
 from .metrics import Metrics
 from .protocol import BAD_MESSAGE, CONTENT_TYPE
 from .publisher import Publisher
@@ -177,16 +176,6 @@ def open_spool(settings: config.Settings) -> tuple[Spool | None, str]:
         return None, str(exc)
     log.info("outage spool in %s (limit %d bytes)", spool.directory, settings.spool_max_bytes)
     return spool, ""
-
-
-def give_aiokafka_the_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """aiokafka makes a future for every record it is sent, asking asyncio for the running loop
-    each time (aiokafka.util.get_running_loop). Before Python 3.12, asyncio answers that with a
-    getpid() system call, to notice a fork: measured at 18% of the bridge's CPU at saturation. The
-    bridge serves from one loop for its whole life and never forks, so aiokafka gets that loop
-    directly. Later Pythons dropped the check, and nothing is changed there."""
-    if sys.version_info < (3, 12):
-        aiokafka.util.get_running_loop = lambda: loop
 
 
 async def run(settings: config.Settings, make_publisher: Callable[..., Publisher] = Publisher) -> bool:
