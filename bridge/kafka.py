@@ -1,5 +1,5 @@
-"""The bridge's view of the Kafka cluster: client settings, topic creation, health checks, and the
-one change made to aiokafka at run time.
+"""The bridge's view of the Kafka cluster: client settings, topic creation, health checks, what its
+errors mean, and the one change made to aiokafka at run time.
 
 Health is checked over a client of its own, never over the producer's connections: a metadata
 request queued behind produce requests parked on a failing broker says nothing about whether the
@@ -18,7 +18,14 @@ import aiokafka.util
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from .config import Settings
@@ -58,6 +65,20 @@ def describe(exc: BaseException, settings: Settings) -> str:
     if isinstance(exc, ssl.SSLError):
         return f"the TLS handshake with Kafka failed ({exc.reason or name}): check BRIDGE_KAFKA_SSL_*"
     return f"Kafka is not reachable ({name})"
+
+
+# Errors about the records themselves: the same records can never be written.
+RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError, CorruptRecordException)
+
+
+class PublishError(Exception):
+    """Kafka did not acknowledge every record in time; nothing is promised about the push.
+    `refused_records`: Kafka refused the records themselves (too large, say), so sending them
+    again can never succeed."""
+
+    def __init__(self, message: str, refused_records: bool = False) -> None:
+        super().__init__(message)
+        self.refused_records = refused_records
 
 
 async def create_topics(settings: Settings) -> None:
