@@ -62,8 +62,23 @@ class TransactionPump:
             self._queue.clear()
             if not group:
                 continue
+            supervisor = self._supervisor
+            producer = supervisor.producer
             try:
-                await self._commit(group)
+                if producer is None or not supervisor.ready:
+                    raise PublishError(supervisor.problem)
+                async with asyncio.timeout(self._settings.publish_timeout_s):
+                    await producer.begin_transaction()
+                    try:
+                        for records, _ in group:
+                            for r in records:
+                                await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+                        await producer.commit_transaction()
+                    except BaseException as exc:
+                        # An open or half-committed transaction is abandoned with its producer:
+                        # the next one, with the same transactional id, aborts it on registering.
+                        supervisor.want_new_producer(f"Kafka transaction failed ({type(exc).__name__})")
+                        raise
             except (KafkaError, PublishError, TimeoutError) as exc:
                 error = PublishError(f"Kafka transaction failed: {type(exc).__name__}")
                 for _, done in group:
@@ -73,21 +88,3 @@ class TransactionPump:
             for _, done in group:
                 if not done.done():
                     done.set_result(None)
-
-    async def _commit(self, group: list[tuple[list[Record], asyncio.Future[None]]]) -> None:
-        supervisor = self._supervisor
-        producer = supervisor.producer
-        if producer is None or not supervisor.ready:
-            raise PublishError(supervisor.problem)
-        async with asyncio.timeout(self._settings.publish_timeout_s):
-            await producer.begin_transaction()
-            try:
-                for records, _ in group:
-                    for r in records:
-                        await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
-                await producer.commit_transaction()
-            except BaseException as exc:
-                # An open or half-committed transaction is abandoned with its producer: the next
-                # one, with the same transactional id, aborts it on registering.
-                supervisor.want_new_producer(f"Kafka transaction failed ({type(exc).__name__})")
-                raise
