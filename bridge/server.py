@@ -12,11 +12,9 @@ import contextlib
 import gc
 import logging
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import aiokafka.util
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -24,6 +22,7 @@ from . import config, tls
 from .app import create_app, create_management_app
 from .delivery import Delivery
 from .http import BridgeConfig
+from .kafka import give_aiokafka_the_loop
 from .metrics import Metrics
 from .publisher import Publisher
 from .risk import AgentRisk
@@ -102,16 +101,6 @@ def open_spool(settings: config.Settings, on_damage: Callable[[int], object]) ->
         return None, str(exc)
     log.info("outage spool in %s (limit %d bytes)", spool.directory, settings.spool_max_bytes)
     return spool, ""
-
-
-def give_aiokafka_the_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """aiokafka makes a future for every record it is sent, asking asyncio for the running loop
-    each time (aiokafka.util.get_running_loop). Before Python 3.12, asyncio answers that with a
-    getpid() system call, to notice a fork: measured at 18% of the bridge's CPU at saturation. The
-    bridge serves from one loop for its whole life and never forks, so aiokafka gets that loop
-    directly. Later Pythons dropped the check, and nothing is changed there."""
-    if sys.version_info < (3, 12):
-        aiokafka.util.get_running_loop = lambda: loop
 
 
 async def run(settings: config.Settings, make_publisher: Callable[..., Publisher] = Publisher) -> bool:
