@@ -7,19 +7,17 @@ a parser for anything the type alone does not say, and the line docs/configurati
 bridge.config reads the environment by these declarations and then applies the rules that tie
 settings together.
 
-Adding a setting: one field here; then `python -m bridge.settings --update docs/configuration.md`
+Adding a setting: one field here; then `python -m bridge.configdoc --update docs/configuration.md`
 (a test fails until the page matches); and, only if it depends on other settings, one rule in
 bridge.config.
 """
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -227,11 +225,6 @@ class Settings:
         return tuple(dict.fromkeys([self.topic, *(r.topic for r in self.routes), *extra]))
 
 
-# ------------------------------------------------------------------- docs/configuration.md's table
-
-TABLE_HEADER = "| variable | default | meaning |"
-
-
 def optional_of(hint: Any) -> Any:
     """X of `X | None`; any other type as it is."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -242,63 +235,3 @@ def optional_of(hint: Any) -> Any:
 def choices_of(hint: Any) -> tuple[str, ...]:
     """The values of a Literal type; () for any other type."""
     return tuple(typing.get_args(hint)) if typing.get_origin(hint) is Literal else ()
-
-
-def _number(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _shown(value: object) -> str:
-    if value is MISSING:
-        return "(required)"
-    if value is None or value == ():
-        return "none"
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    return f"`{_number(value)}`" if isinstance(value, float) else f"`{value}`"
-
-
-def _listed(choices: tuple[str, ...]) -> str:
-    quoted = [f"`{c}`" for c in choices]
-    return f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else "".join(quoted)
-
-
-def table() -> str:
-    """docs/configuration.md's table of settings: one row per setting, in declaration order."""
-    hints = typing.get_type_hints(Settings)
-    rows = [TABLE_HEADER, "|----------|---------|---------|"]
-    for f in fields(Settings):
-        d: Declaration = f.metadata["setting"]
-        default = (d.shown or "{default}").replace("{default}", _shown(f.default))
-        meaning = d.doc.replace("{choices}", _listed(choices_of(optional_of(hints[f.name]))))
-        if d.within is not None:
-            meaning += f"; from `{_number(d.within[0])}` to `{_number(d.within[1])}`"
-        rows.append(f"| `{PREFIX}{f.name.upper()}` | {default} | {meaning} |")
-    return "\n".join(rows)
-
-
-def with_table(page: str) -> str:
-    """`page` with its table of settings (from TABLE_HEADER to the first line that is not a row)
-    replaced by table()."""
-    start = page.find(TABLE_HEADER)
-    if start < 0:
-        raise ValueError(f"no table of settings (a line {TABLE_HEADER!r}) in the page")
-    lines = page[start:].split("\n")
-    end = next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
-    return page[:start] + "\n".join([table(), *lines[end:]])
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridge.settings", description="Print the table of "
-                                     "settings that docs/configuration.md shows, built from the declarations.")
-    parser.add_argument("--update", metavar="FILE", type=Path, help="write the table into FILE, in place of its own")
-    args = parser.parse_args(argv)
-    if args.update is None:
-        print(table())
-    else:
-        args.update.write_text(with_table(args.update.read_text()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
