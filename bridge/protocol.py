@@ -120,8 +120,11 @@ def parse_push(body: bytes, max_events: int) -> Push:
     if len(events) > max_events:
         raise Refusal(413, BAD_MESSAGE, f"eventList has {len(events)} events; the limit is {max_events}",
                       "too_large")
-    # An event is nested at most as deeply as the body has brackets, less the push's own two.
-    check_depth = body.count(b"{") + body.count(b"[") - 2 > MAX_EVENT_DEPTH
+    # No event nests deeper than the body has opening brackets, less the push's own two and one for
+    # each other event that is an object or array: most pushes need no closer look.
+    openers = body.count(b"{") + body.count(b"[") - 2
+    check_depth = openers > MAX_EVENT_DEPTH and \
+        openers - sum(isinstance(event, (dict, list)) for event in events) + 1 > MAX_EVENT_DEPTH
     good, agents, indexes, problems = [], [], [], []
     normalized: dict[int, dict[str, Any]] = {}
     for index, event in enumerate(events):

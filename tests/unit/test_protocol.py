@@ -139,7 +139,11 @@ def test_events_nested_too_deeply_are_malformed():
     assert [e["eventType"] for e in deep.events] == ["Next"]
 
 
-def test_many_shallow_events_are_not_too_deep():
-    push = parse_push(orjson.dumps({"workNo": "1", "eventList": [{"eventType": "A", "content": {"a": [1]}}] * 90}),
-                      100)
+def test_many_shallow_events_are_not_too_deep_and_one_deep_event_among_them_is():
+    shallow = {"eventType": "A", "content": {"a": [1]}}
+    push = parse_push(orjson.dumps({"workNo": "1", "eventList": [shallow] * 90}), 100)
     assert push.problems == [] and len(push.events) == 90
+    deep = {"eventType": "B", "content": nest(protocol.MAX_EVENT_DEPTH)}
+    push = parse_push(orjson.dumps({"workNo": "1", "eventList": [shallow] * 90 + [deep, 7]}), 100)
+    assert len(push.events) == 90 and push.indexes == list(range(90))
+    assert push.problems[0].startswith("eventList[90] nests") and push.problems[1] == "eventList[91] must be an object"
