@@ -156,9 +156,11 @@ async def each_agent_on_one_replica(stack: Stack, bridges: list[str]) -> None:
     """While both replicas are up, the router sends every push of an agent to one of them (by the
     body's workNo: the simulator's callback URL names no agent), and each replica sees the key it
     was routed by."""
-    now = time.time()
-    routed = await asyncio.to_thread(servers_by_agent, stack, now)
-    assert len(routed) == AGENTS, f"agents the router found a key for: {sorted(routed)}"
+    def every_agent_routed() -> dict[str, set[str]] | None:
+        routed = servers_by_agent(stack, time.time())
+        return routed if len(routed) == AGENTS else None
+
+    routed = await until(every_agent_routed, 30, f"pushes of all {AGENTS} agents, each with its key, in the router's log")
     spread = {agent: servers for agent, servers in routed.items() if len(servers) > 1}
     assert not spread, f"agents whose pushes went to both replicas: {spread}"
     assert set().union(*routed.values()) == {stack.server_of(b) for b in bridges}, routed
