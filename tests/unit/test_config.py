@@ -258,7 +258,7 @@ def test_tokens_are_given_one_way_only(tmp_path: Path):
     with pytest.raises(ConfigError, match="BRIDGE_SERVICE_TOKENS and BRIDGE_SERVICE_TOKENS_FILE are both set"):
         config.load({**BASE, "BRIDGE_SERVICE_TOKENS_FILE": str(tokens)})
     env = {k: v for k, v in BASE.items() if k != "BRIDGE_SERVICE_TOKENS"}
-    with pytest.raises(ConfigError, match="BRIDGE_SERVICE_TOKENS_FILE='.*': no such file"):
+    with pytest.raises(ConfigError, match=r"BRIDGE_SERVICE_TOKENS_FILE='.*': no such file"):
         config.load({**env, "BRIDGE_SERVICE_TOKENS_FILE": str(tmp_path / "missing")})
-    with pytest.raises(ConfigError, match="BRIDGE_SERVICE_TOKENS is not set.*BRIDGE_SERVICE_TOKENS_FILE"):
+    with pytest.raises(ConfigError, match=r"BRIDGE_SERVICE_TOKENS is not set.*BRIDGE_SERVICE_TOKENS_FILE"):
         config.load(env)
