@@ -356,8 +356,9 @@ class BridgeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
         env.update(self.env, BRIDGE_HOST="127.0.0.1", BRIDGE_PORT=str(self.port),
                    BRIDGE_MANAGEMENT_PORT=str(self.management_port))
-        if self.tls is not None:
-            env.update(BRIDGE_TLS_CERTFILE=str(self.tls / "server.pem"), BRIDGE_TLS_KEYFILE=str(self.tls / "server.key"))
+        if self.tls is not None:  # the certificate of `tls`, unless the env names other files
+            env.setdefault("BRIDGE_TLS_CERTFILE", str(self.tls / "server.pem"))
+            env.setdefault("BRIDGE_TLS_KEYFILE", str(self.tls / "server.key"))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", *self.module.split()], env=env, cwd=ROOT,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

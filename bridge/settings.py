@@ -135,14 +135,17 @@ class Settings:
         None, "PEM file of the CA that signed the brokers' certificates", shown="system CAs")
     kafka_ssl_certfile: Path | None = setting(
         None, "client certificate, PEM, for brokers that require mutual TLS; goes with `BRIDGE_KAFKA_SSL_KEYFILE`")
-    kafka_ssl_keyfile: Path | None = setting(None, "the client certificate's private key, PEM")
+    kafka_ssl_keyfile: Path | None = setting(
+        None, "the client certificate's private key, PEM. The three files are read again when they change, for the "
+        "Kafka clients made after that (docs/kafka.md)")
     kafka_sasl_mechanism: SaslMechanism | None = setting(
         None, "how the bridge logs in: {choices}", shown=REQUIRED_WITH_SASL)
     kafka_sasl_username: str | None = setting(None, "the SASL user", shown=REQUIRED_WITH_SASL)
     kafka_sasl_password: str | None = setting(
         None, "its password; give this or the next one, not both", secret=True)
     kafka_sasl_password_file: Path | None = setting(
-        None, "a file holding the password (e.g. a mounted Kubernetes Secret); a trailing line end is dropped")
+        None, "a file holding the password (e.g. a mounted Kubernetes Secret); a trailing line end is dropped; read "
+        "again when it changes, for the Kafka clients made after that (docs/kafka.md)")
     kafka_linger_ms: int = setting(
         0, "how long the producer waits to fill a batch (0: batches still form while a request is in flight; in "
         "atomic mode also how long pushes gather into one transaction)", within=(0, 1000))
@@ -156,12 +159,17 @@ class Settings:
     push_path: str = setting("/service-cloud/rest/cc-ai/v1/agentevent/pushresult", "the callback path",
                              parse=url_path)
     tls_certfile: Path | None = setting(
-        None, "server certificate chain, PEM; TLS 1.2 is the minimum, TLS 1.3 preferred", shown=REQUIRED_FOR_HTTPS)
+        None, "server certificate chain, PEM; TLS 1.2 is the minimum, TLS 1.3 preferred. Read again within seconds of "
+        "a change (with the key): new connections get the new certificate", shown=REQUIRED_FOR_HTTPS)
     tls_keyfile: Path | None = setting(None, "the server certificate's private key, PEM", shown=REQUIRED_FOR_HTTPS)
     insecure_http: bool = setting(False, "`true` serves plain HTTP, for deployments that terminate TLS in front")
     service_tokens: tuple[str, ...] = setting(
-        (), "comma-separated accepted `service_token` values; list two while rotating", parse=token_list,
-        shown="(required)")
+        (), "comma-separated accepted `service_token` values, read at start only; give this or the next one, not "
+        "both", parse=token_list, shown="(this or the next one)")
+    service_tokens_file: Path | None = setting(
+        None, "a file of accepted `service_token` values, one per line (blank lines and `#` comments skipped), e.g. "
+        "a mounted Secret; read again within seconds of a change, without a restart (see docs/deployment.md, "
+        "rotating secrets)", shown="(this or the previous one)")
     allow_no_token: bool = setting(False, "`true` with no tokens configured accepts pushes without a token "
                                    "(logged as a security warning at start)")
 

@@ -72,7 +72,8 @@ def scratch_project(directory: Path) -> Path:
         shutil.copy(engines.ROOT / name, directory / name)
     shutil.copytree(engines.ROOT / "deploy" / "compose", directory / "deploy" / "compose")
     make_tls(directory / ".local" / "tls")
-    (directory / ".local" / "bridge-secrets.env").write_text(f"BRIDGE_SERVICE_TOKENS={TOKEN}\n")
+    (directory / ".local" / "tokens").mkdir()
+    (directory / ".local" / "tokens" / "service-tokens").write_text(f"{TOKEN}\n")
     return directory
 
 

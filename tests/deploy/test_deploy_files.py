@@ -83,13 +83,17 @@ def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=120, **kwargs)
 
 
+# What the stand-in of a *FILE setting holds: empty, except where the bridge reads the content at start.
+STAND_INS = {"BRIDGE_SERVICE_TOKENS_FILE": "placeholder-token\n", "BRIDGE_KAFKA_SASL_PASSWORD_FILE": "placeholder\n"}
+
+
 def load_settings(env: dict[str, str], scratch: Path, where: str) -> config.Settings:
-    """bridge.config.load on `env`, with every *FILE setting pointed at an empty local stand-in."""
+    """bridge.config.load on `env`, with every *FILE setting pointed at a local stand-in."""
     env = dict(env)
     for name in env:
         if name.endswith("FILE"):
             stand_in = scratch / name
-            stand_in.write_text("")
+            stand_in.write_text(STAND_INS.get(name, ""))
             env[name] = str(stand_in)
     try:
         return config.load(env)
@@ -273,7 +277,8 @@ def compose(tmp_path_factory) -> dict:
     (project / ".local" / "tls").mkdir(parents=True)
     for name in ("server.pem", "server.key", "ca.pem"):
         (project / ".local" / "tls" / name).write_text("")
-    (project / ".local" / "bridge-secrets.env").write_text("BRIDGE_SERVICE_TOKENS=compose-check-token\n")
+    (project / ".local" / "tokens").mkdir()
+    (project / ".local" / "tokens" / "service-tokens").write_text("compose-check-token\n")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("COMPOSE_", "DOCKER_")) and k != "PUSH_BIND_ADDRESS"}
     result = run([tool("docker-compose"), "--project-directory", project, "-f", project / "docker-compose.yml",
@@ -358,9 +363,18 @@ class Install:
         return {target.name: self.sources[0]} if str(target.parent) == directory and len(self.sources) == 1 else {}
 
 
+def is_copier(service: dict) -> bool:
+    """A one-shot copy service: `install ...`, or a `sh -ec` script of installs."""
+    command = service.get("command") or []
+    return command[:1] == ["install"] or command[:2] == ["sh", "-ec"]
+
+
 def tls_copies(service: dict) -> list[Install]:
-    """The install commands of the one-shot TLS copy service (a `sh -ec` script, one per line)."""
+    """The install commands of a one-shot copy service (one `install`, or a `sh -ec` script of them,
+    one per line)."""
     command = service["command"]
+    if command[:1] == ["install"]:
+        return [Install(command[2], command[4], command[6], command[7:-1], command[-1])]
     assert command[:2] == ["sh", "-ec"] and len(command) == 3, f"expected sh -ec SCRIPT, found {command}"
     copies = []
     for line in filter(None, (raw.strip() for raw in command[2].splitlines())):
@@ -376,29 +390,38 @@ def copied_into(service: dict, directory: str) -> dict[str, Install]:
 
 
 def test_compose_bridge_secrets_come_from_files(compose, compose_source, compose_bridge):
-    """Tokens from an env file, TLS material from a volume that holds the files the settings name."""
-    written = compose_source["services"]["bridge"].get("environment", {})
-    assert "BRIDGE_SERVICE_TOKENS" not in written, "tokens belong in the env file, not in docker-compose.yml"
-    assert compose_bridge.service_tokens == ("compose-check-token",)
-    bridge_service, tls = compose["services"]["bridge"], compose["services"]["bridge-tls"]
+    """Tokens and TLS material as files (which the bridge reads again when they change), each on a
+    read-only volume that a one-shot service fills with a copy from .local/, owned by the image's
+    user; no secret in the environment or in docker-compose.yml."""
+    bridge_service = compose["services"]["bridge"]
     env = bridge_service["environment"]
-    user = str(image_user(dockerfile_instructions((ROOT / "Dockerfile").read_text())))
+    assert not bridge_service.get("env_file"), "secrets come as files, not as variables"
+    assert not {"BRIDGE_SERVICE_TOKENS", "BRIDGE_KAFKA_SASL_PASSWORD"} & set(env)
+    assert env.get("BRIDGE_SERVICE_TOKENS_FILE") and env.get("BRIDGE_TLS_CERTFILE")
+    instructions = dockerfile_instructions((ROOT / "Dockerfile").read_text())
+    user = str(image_user(instructions))
+    copiers = {name: s for name, s in compose["services"].items()
+               if name in bridge_service["depends_on"] and is_copier(s)}
     for name, path in file_settings(env).items():
         mounts = [v for v in bridge_service["volumes"] if under(path, v["target"])]
         assert mounts and all(v.get("read_only") for v in mounts), f"{name}={path} is not on a read-only mount"
         source = mounts[0]["source"]
-        filled = [v["target"] for v in tls["volumes"] if v["source"] == source]
-        assert filled, f"{name}: bridge-tls does not fill {source}"
+        filling = [(c, v["target"]) for c, s in copiers.items() for v in s["volumes"] if v["source"] == source]
+        assert len(filling) == 1, f"{name}: no one-shot copy fills {source}"
+        copier_name, filled = filling[0]
+        copier = copiers[copier_name]
         file = PurePosixPath(path).relative_to(mounts[0]["target"])
-        copy = copied_into(tls, filled[0]).get(str(file))
-        assert copy, f"{name}: bridge-tls does not copy {path}"
+        copy = copied_into(copier, filled).get(str(file))
+        assert copy, f"{name}: {copier_name} does not copy {path}"
         # The copy belongs to the image's user, readable by it alone.
         assert (copy.owner, copy.group, copy.mode) == (user, user, "0400"), copy
-    assert tls["image"] == base_images(dockerfile_instructions((ROOT / "Dockerfile").read_text()))[0], \
-        "use the image the Dockerfile builds on"
-    # The development certificate script writes every file copied.
+        assert bridge_service["depends_on"][copier_name]["condition"] == "service_completed_successfully"
+        assert copier["image"] == base_images(instructions)[0], "use the image the Dockerfile builds on"
+        assert copier.get("network_mode") == "none" and copier["read_only"] is True
+    assert compose_bridge.service_tokens == ("placeholder-token",)
+    # The development certificate script writes every certificate file copied.
     script = (ROOT / "deploy" / "tls" / "make-dev-certs.sh").read_text()
-    for copy in tls_copies(tls):
+    for copy in tls_copies(compose["services"]["bridge-tls"]):
         for source in copy.sources:
             assert source.startswith("/source/") and PurePosixPath(source).name in script, source
 
@@ -718,7 +741,7 @@ def test_settings_are_valid_and_files_come_from_secret_volumes(kustomization, tm
         mounts = [m for m in container["volumeMounts"] if under(path, m["mountPath"])]
         assert mounts, f"{name}={path} is on no mounted volume"
         assert mounts[0].get("readOnly") and "secret" in volumes[mounts[0]["name"]], \
-            f"{name}: mount TLS material read-only from a Secret"
+            f"{name}: mount secrets and certificates read-only from a Secret"
 
 
 def test_example_secrets_provide_every_key_the_pod_reads():
@@ -730,7 +753,7 @@ def test_example_secrets_provide_every_key_the_pod_reads():
         assert name in secrets, f"Secret {name} is used by the StatefulSet but not in the example"
         return set(secrets[name].get("stringData", {})) | set(secrets[name].get("data", {}))
 
-    for entry in container["env"]:
+    for entry in container.get("env", []):
         ref = entry.get("valueFrom", {}).get("secretKeyRef")
         if ref:
             assert ref["key"] in keys(ref["name"]), f"{entry['name']}: no key {ref['key']} in {ref['name']}"
@@ -743,6 +766,28 @@ def test_example_secrets_provide_every_key_the_pod_reads():
     for secret in secrets.values():
         for key, value in secret.get("stringData", {}).items():
             assert "REPLACE-ME" in value, f"Secret {secret['metadata']['name']}/{key}: example values only"
+
+
+def test_secrets_reach_the_pod_as_files_it_reads_again(kustomization):
+    """Tokens and keys come as files on Secret volumes (the kubelet updates them in place, the bridge
+    reads them again), never as variables (fixed for the container's life, and visible in its
+    environment); no Secret mount uses subPath, which never sees an update."""
+    objects = render(kustomization)
+    pod, container = pod_of(objects)
+    env = pod_env(objects)
+    assert "BRIDGE_SERVICE_TOKENS" not in env and "BRIDGE_KAFKA_SASL_PASSWORD" not in env
+    assert env.get("BRIDGE_SERVICE_TOKENS_FILE") and env.get("BRIDGE_TLS_CERTFILE")
+    for entry in container.get("env", []):
+        assert "secretKeyRef" not in entry.get("valueFrom", {}), f"{entry['name']}: mount the Secret as a file"
+    assert not any("secretRef" in source for source in container.get("envFrom", []))
+    secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
+    for mount in container["volumeMounts"]:
+        if mount["name"] in secret_volumes:
+            assert "subPath" not in mount and "subPathExpr" not in mount, \
+                f"{mount['mountPath']}: a subPath mount never sees the Secret's updates"
+    for name, path in file_settings(env).items():
+        mount = next(m for m in container["volumeMounts"] if under(path, m["mountPath"]))
+        assert mount["name"] in secret_volumes, f"{name}={path}: not on a Secret volume"
 
 
 def test_probes_use_the_management_endpoints(kustomization):
@@ -794,7 +839,10 @@ def test_configmap_holds_no_secrets_nor_per_replica_values(kustomization):
     for configmap in (o for o in render(kustomization) if o["kind"] == "ConfigMap"):
         assert "BRIDGE_TRANSACTIONAL_ID" not in configmap["data"], "replicas must not share a transactional id"
         for key, value in configmap["data"].items():
-            assert not re.search(r"TOKEN|PASSWORD|SECRET", key), f"{key} belongs in a Secret"
+            if key.endswith("_FILE"):  # a path: what it names comes from a Secret volume (checked above)
+                assert value.startswith("/") and "\n" not in value, f"{key}={value!r} is not a file path"
+            else:
+                assert not re.search(r"TOKEN|PASSWORD|SECRET", key), f"{key} belongs in a Secret"
             assert "-----BEGIN" not in value and "PRIVATE" not in value, f"{key} holds key material"
 
 
