@@ -7,19 +7,24 @@ TLS := $(LOCAL)/tls
 KAFKA_LOCAL := $(PYTHON) deploy/kafka-local/kafkalocal.py
 KAFKA_CLUSTER := $(PYTHON) deploy/kafka-local/kafkacluster.py
 
-.PHONY: run test unit kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-jars certs venv npm lock clean consume bench fault wallboard container-test
+.PHONY: run test lint unit kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-jars certs venv npm lock clean consume bench fault wallboard container-test
 
 run: venv certs
 	@deploy/local-run.sh
 
-test: venv kafka-jars npm
+test: venv kafka-jars npm lint
 	$(VENV)/bin/pytest
+
+# Static checks (part of `make test`): ruff over the repository, mypy --strict over bridge/.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 unit: venv npm
 	$(VENV)/bin/pytest tests/unit
 
 # The container test: the image built from the Dockerfile and the compose project (Kafka, two
-# bridge replicas, the load balancer) run in the project's own podman, which it installs from
+# bridge replicas, the router) run in the project's own podman, which it installs from
 # Debian's packages when missing (root only: deploy/containers/setup-engine.sh). Skipped where
 # no engine can be set up, except under CI (the CI variable set), where that is a failure.
 container-test: venv kafka-jars

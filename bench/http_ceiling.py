@@ -29,7 +29,10 @@ class NullPublisher(Publisher):
     async def stop(self) -> None:
         pass
 
-    async def publish(self, records: list[Record]) -> None:
+    async def publish(self, records: list[Record], timeout: float | None = None) -> None:
+        return None
+
+    async def publish_batch(self, records: list[Record], timeout: float | None = None) -> None:
         return None
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -15,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import protocol
+from .auth import Authenticator
 from .config import Settings
 from .delivery import Delivery
 from .metrics import Metrics
@@ -43,8 +45,10 @@ class PushFirst:
             await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings, delivery: Delivery, metrics: Metrics, risk: AgentRisk) -> PushFirst:
-    """The push app: the push path, and Starlette for the producer's lifespan and unknown paths."""
+def create_app(settings: Settings, delivery: Delivery, metrics: Metrics, risk: AgentRisk,
+               auth: Authenticator | None = None) -> PushFirst:
+    """The push app: the push path, and Starlette for the producer's lifespan and unknown paths.
+    `auth` is the Authenticator whose tokens may be replaced while serving (a watched token file)."""
     flush_bound = settings.publish_timeout_s
 
     @asynccontextmanager
@@ -58,11 +62,14 @@ def create_app(settings: Settings, delivery: Delivery, metrics: Metrics, risk: A
             logging.getLogger("bridge").error("Kafka flush did not finish within %g s", flush_bound)
 
     app = Starlette(exception_handlers={404: not_found}, lifespan=lifespan)
-    return PushFirst(settings.push_path, PushEndpoint(settings, delivery, metrics, risk), app)
+    return PushFirst(settings.push_path, PushEndpoint(settings, delivery, metrics, risk, auth), app)
 
 
-def create_management_app(delivery: Delivery, metrics: Metrics, shutting_down: Callable[[], bool]) -> Starlette:
-    """/healthz (the process answers), /readyz (pushes can be kept, not draining), /metrics."""
+def create_management_app(delivery: Delivery, metrics: Metrics, shutting_down: Callable[[], bool],
+                          secret_problems: Callable[[], dict[str, Any]] = dict) -> Starlette:
+    """/healthz (the process answers), /readyz (pushes can be kept, not draining), /metrics.
+    `secret_problems()`: watched secret files whose newest version is not in service, shown in
+    /readyz under `secrets` (still ready: the last good version serves)."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -71,6 +78,9 @@ def create_management_app(delivery: Delivery, metrics: Metrics, shutting_down: C
         # The spool hears of a change first: replicas sharing its volume act on it before the router can.
         await delivery.serve(delivery.ready and not shutting_down())
         info = delivery.describe()
+        problems = secret_problems()
+        if problems:
+            info["secrets"] = problems
         if shutting_down():
             return JSONResponse({"status": "not ready", "reason": "shutting down", **info}, 503)
         if not delivery.ready:

@@ -4,7 +4,8 @@ The Guid is a session credential issued by the gateway (it rotates about every 6
 gateway's dynamic mode), so the bridge checks its shape only and never stores or logs it whole.
 Its suffix after the dot names the gateway node, which is kept as the event source.
 The service_token is the shared secret the third party set at agent sign-in; several may be
-valid at once so they can be rotated without downtime.
+valid at once so they can be rotated without downtime, and the set can be replaced while serving
+(a token file read again: bridge/watch.py).
 """
 from __future__ import annotations
 
@@ -32,6 +33,18 @@ class Authenticator:
     def __init__(self, tokens: tuple[str, ...], allow_no_token: bool) -> None:
         self._tokens = tuple(t.encode() for t in tokens)
         self._open = allow_no_token and not tokens
+
+    def use(self, tokens: tuple[str, ...]) -> str:
+        """Accept exactly `tokens` from now on (a token file read again). The set is replaced in one
+        assignment: a check sees the old set or the new one, never a mix, and a push already past
+        its check goes on. Returns what changed, in counts (never a token)."""
+        if not tokens:
+            raise ValueError("an empty set of tokens would lock every gateway out")
+        new = tuple(dict.fromkeys(t.encode() for t in tokens))
+        added, removed = len(set(new) - set(self._tokens)), len(set(self._tokens) - set(new))
+        self._tokens = new
+        changed = f" ({added} added, {removed} removed)" if added or removed else ""
+        return f"{len(new)} token{'s' if len(new) > 1 else ''} accepted{changed}"
 
     def check(self, guid: str | None, token: str | None) -> str:
         """Return the gateway node named by the Guid ("" if none); raise Refusal otherwise."""

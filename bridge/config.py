@@ -30,7 +30,8 @@ from .settings import (
     optional_of,
 )
 
-__all__ = ["PREFIX", "RULES", "TOKEN_PATTERN", "ConfigError", "Route", "Settings", "load"]
+__all__ = ["PREFIX", "RULES", "TOKEN_PATTERN", "ConfigError", "Route", "Settings", "load", "read_token_file",
+           "token_lines"]
 
 Given = frozenset[str]  # the fields whose variable is set (not blank)
 Rule = Callable[[Settings, Given], Settings]
@@ -172,10 +173,51 @@ def _https(s: Settings, given: Given) -> Settings:
     return s
 
 
+TOKENS_FILE = f"{PREFIX}SERVICE_TOKENS_FILE"
+
+
+def token_lines(text: str) -> tuple[str, ...]:
+    """The tokens of a token file: one per line; blank lines and lines starting with '#' are skipped.
+    A file with no token, or a line that is not a token, is refused whole; the message never quotes
+    a line."""
+    found: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if not TOKEN_PATTERN.fullmatch(token):
+            raise ConfigError(f"line {number} ({len(token)} characters) is not a token: 1-50 of A-Z, a-z, 0-9, "
+                              "'-' or '_', one per line")
+        found.append(token)
+    if not found:
+        raise ConfigError("the file holds no token")
+    return tuple(dict.fromkeys(found))
+
+
+def read_token_file(path: Path) -> tuple[str, ...]:
+    """token_lines() of the file at `path`; raises OSError or ValueError (UnicodeDecodeError, ConfigError)."""
+    return token_lines(path.read_text(encoding="utf-8"))
+
+
 def _tokens(s: Settings, given: Given) -> Settings:
+    path = s.service_tokens_file
+    if path is not None:
+        if "service_tokens" in given:
+            raise ConfigError(f"{PREFIX}SERVICE_TOKENS and {TOKENS_FILE} are both set: give the tokens one way only "
+                              "(the file is read again when it changes; the variable only at start)")
+        try:
+            tokens = read_token_file(path)
+        except OSError as exc:
+            raise ConfigError(f"{TOKENS_FILE}={str(path)!r} cannot be read ({type(exc).__name__})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{TOKENS_FILE}={str(path)!r} is not UTF-8 text") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{TOKENS_FILE}={str(path)!r}: {exc}") from None
+        return dataclasses.replace(s, service_tokens=tokens)
     if not s.service_tokens and not s.allow_no_token:
         raise ConfigError(f"{PREFIX}SERVICE_TOKENS is not set: list the service_token values the gateway sends "
-                          f"(comma-separated), or set {PREFIX}ALLOW_NO_TOKEN=true to accept pushes without one")
+                          f"(comma-separated), or name a file of them in {TOKENS_FILE}, or set "
+                          f"{PREFIX}ALLOW_NO_TOKEN=true to accept pushes without one")
     return s
 
 

@@ -281,8 +281,7 @@ class Delivery:
         records = [await self._decode(spool, entry) for entry in chunk]
         for wave in waves(records):
             try:
-                await self._publisher.publish([r for i in wave for r in records[i]], DRAIN_PUBLISH_TIMEOUT_S,
-                                              batched=True)
+                await self._publisher.publish_batch([r for i in wave for r in records[i]], DRAIN_PUBLISH_TIMEOUT_S)
             except PublishError as exc:
                 if not (exc.refused_records and await self._set_aside_refused(spool, chunk, records, wave)):
                     log.warning("draining the spool paused: %s (a wave of %d entries not acknowledged)",
@@ -298,7 +297,7 @@ class Delivery:
         something else failed meanwhile."""
         for i in wave:
             try:
-                await self._publisher.publish(records[i], DRAIN_PUBLISH_TIMEOUT_S, batched=True)
+                await self._publisher.publish_batch(records[i], DRAIN_PUBLISH_TIMEOUT_S)
             except PublishError as exc:
                 if not exc.refused_records:
                     return False

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 
 class KeyedLocks:
@@ -12,7 +13,8 @@ class KeyedLocks:
     deadlock) and is a plain class, cheap on the path every push takes."""
 
     def __init__(self) -> None:
-        self._locks: dict[bytes, list] = {}  # key -> [lock, users]
+        # key -> [lock, users]: a plain list, cheap to make (one is made whenever a free agent pushes)
+        self._locks: dict[bytes, list[Any]] = {}
 
     def hold(self, keys: Iterable[bytes]) -> _Held:
         return _Held(self, sorted(set(keys)))

@@ -67,7 +67,8 @@ class _Passed:
 class LineBudget:
     """Log lines of one kind held to a bounded rate, per key: the first `burst` lines of each
     `interval_s` pass; the others are only counted, and the next line that passes says how many were
-    held back. For lines a client can cause at any rate (refusals, misrouted pushes)."""
+    held back (or, once the interval is over, a summary line: see `overdue`). For lines a client can
+    cause at any rate (refusals, misrouted pushes)."""
 
     def __init__(self, burst: int = 5, interval_s: float = 60.0, memory: int = 1000) -> None:
         self._burst, self._interval_s, self._memory = burst, interval_s, memory
@@ -90,6 +91,27 @@ class LineBudget:
             return held
         window.held_back += 1
         return None
+
+    def overdue(self, now: float | None = None) -> list[tuple[str, int]]:
+        """The keys whose interval is over with lines held back that no later line has reported,
+        each with that number, which is then cleared: a flood that stops is still summed up."""
+        now = time.monotonic() if now is None else now
+        due = []
+        for key, window in self._windows.items():
+            if window.held_back and now - window.start >= self._interval_s:
+                due.append((key, window.held_back))
+                window.held_back = 0
+        return due
+
+    def due_in(self, now: float | None = None) -> float | None:
+        """Seconds until the next key's interval with lines held back is over (None: nothing held)."""
+        now = time.monotonic() if now is None else now
+        ends = [w.start + self._interval_s - now for w in self._windows.values() if w.held_back]
+        return max(0.0, min(ends)) if ends else None
+
+    @property
+    def interval_s(self) -> float:
+        return self._interval_s
 
 
 class _Window:

@@ -62,6 +62,19 @@ class Metrics:
         self.url_agent_mismatches = Counter(
             "bridge_url_agent_mismatches", "Pushes whose callback URL names another agent than their body's workNo.",
             registry=registry)
+        self.lines_held_back = Counter(
+            "bridge_log_lines_held_back", "Log lines about refused or misrouted pushes left out to bound the log's "
+            "rate, by refusal reason or routing problem; each is still counted in its own metric.", ["reason"],
+            registry=registry)
+        self.secret_reloads = Counter(
+            "bridge_secret_reloads", "New versions of secret files (tokens, tls, kafka_tls, kafka_sasl) put in "
+            "service (ok) or refused, the last good version kept (failed).", ["secret", "result"], registry=registry)
+        self.secret_loaded = Gauge("bridge_secret_loaded_timestamp_seconds",
+                                   "When the version of a secret file in service was read (Unix time).", ["secret"],
+                                   registry=registry)
+        self.secret_problem = Gauge(
+            "bridge_secret_file_problem", "1 while a secret's newest files cannot be used (the last good version "
+            "serves), else 0.", ["secret"], registry=registry)
         self.ok = self.pushes.labels("0")
         for miss in AFFINITY_MISSES:
             self.affinity_misses.labels(miss)

@@ -6,7 +6,7 @@ HTTP status and a message naming what is wrong and where.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -21,6 +21,11 @@ NOT_PERMITTED = "000-003"
 BAD_MESSAGE = "000-006"
 BAD_TOKEN_FORMAT = "100-001"
 UNAVAILABLE = "100-007"
+
+# What a well-formed event may hold (docs/records.md, docs/contracts/event.schema.json).
+MAX_EVENT_TIME = 99_999_999_999_999  # eventGenTime: epoch ms of at most 14 digits (before the year 5138)
+MAX_EVENT_DEPTH = 100                # levels of nested objects and arrays, the event object being the first
+_ABSENT = object()
 
 
 class Refusal(Exception):
@@ -57,7 +62,9 @@ def unavailable(message: str, reason: str, retry_after_s: int = 10) -> Refusal:
 class Push:
     """A parsed push: the agent's workNo (as text), its well-formed events oldest first, per event
     the agent it belongs to (the event's own workNo, else the push's) and its index in eventList,
-    the length of eventList, and what is wrong with the events left out (empty for a valid push)."""
+    the length of eventList, and what is wrong with the events left out (empty for a valid push).
+    `normalized` maps the eventList index of an event whose eventGenTime was normalised to the
+    value the gateway sent ({"eventGenTime": <as sent>}); most pushes have none."""
 
     work_no: str
     events: list[dict[str, Any]]
@@ -65,6 +72,7 @@ class Push:
     indexes: list[int]
     size: int
     problems: list[str]
+    normalized: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def check_content_type(value: str | None) -> None:
@@ -112,16 +120,34 @@ def parse_push(body: bytes, max_events: int) -> Push:
     if len(events) > max_events:
         raise Refusal(413, BAD_MESSAGE, f"eventList has {len(events)} events; the limit is {max_events}",
                       "too_large")
+    # No event nests deeper than the body has opening brackets, less the push's own two and one for
+    # each other event that is an object or array: most pushes need no closer look.
+    openers = body.count(b"{") + body.count(b"[") - 2
+    check_depth = openers > MAX_EVENT_DEPTH and \
+        openers - sum(isinstance(event, (dict, list)) for event in events) + 1 > MAX_EVENT_DEPTH
     good, agents, indexes, problems = [], [], [], []
+    normalized: dict[int, dict[str, Any]] = {}
     for index, event in enumerate(events):
         try:
-            agents.append(event_agent(event, index, work_no))
+            agent = event_agent(event, index, work_no)
+            sent = event.get("eventGenTime", _ABSENT)
+            if sent is not _ABSENT and not (type(sent) is int and 0 <= sent <= MAX_EVENT_TIME):
+                when = event_time(sent, index)
+                if when is None:
+                    del event["eventGenTime"]
+                else:
+                    event["eventGenTime"] = when
+                normalized[index] = {"eventGenTime": sent}
+            if check_depth and nested_deeper(event, MAX_EVENT_DEPTH):
+                raise bad_message(f"eventList[{index}] nests objects and arrays more than {MAX_EVENT_DEPTH} "
+                                  "levels deep")
         except Refusal as refusal:
             problems.append(refusal.message)
             continue
+        agents.append(agent)
         good.append(event)
         indexes.append(index)
-    return Push(work_no, good, agents, indexes, len(events), problems)
+    return Push(work_no, good, agents, indexes, len(events), problems, normalized)
 
 
 def event_agent(event: Any, index: int, work_no: str) -> str:
@@ -134,3 +160,31 @@ def event_agent(event: Any, index: int, work_no: str) -> str:
     own = event.get("workNo")
     # The vendor's example leaves workNo empty; absent, null and "" all mean "the push's agent".
     return work_no if own is None or own == "" else work_no_text(own, f"eventList[{index}].workNo")
+
+
+def event_time(sent: Any, index: int) -> int | None:
+    """eventGenTime as the record carries it, for a value that is not already a fitting integer:
+    decimal text and whole numbers written as floats become the integer, null and "" (no time) None;
+    anything else is not epoch milliseconds and makes the event malformed (Refusal)."""
+    if isinstance(sent, str):
+        if not sent:
+            return None
+        if len(sent) <= 14 and sent.isascii() and sent.isdigit():
+            return int(sent)
+    elif sent is None:
+        return None
+    elif isinstance(sent, float) and sent.is_integer() and 0 <= sent <= MAX_EVENT_TIME:
+        return int(sent)
+    raise bad_message(f"eventList[{index}].eventGenTime must be epoch milliseconds: an integer from 0 to "
+                      f"{MAX_EVENT_TIME}, or its decimal text")
+
+
+def nested_deeper(event: dict[str, Any], limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` levels deep in `event` (itself level 1)."""
+    level: list[Any] = [event]
+    for _ in range(limit):
+        level = [child for container in level for child in (container.values() if isinstance(container, dict)
+                                                             else container) if isinstance(child, (dict, list))]
+        if not level:
+            return False
+    return True

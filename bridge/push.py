@@ -8,9 +8,15 @@
 
 Every exit answers the two-field JSON body; nothing escapes as a 500. A malformed push from an
 authenticated gateway is kept in the dead-letter topic and, in quarantine mode, answered "0".
+
+Logs: a refusal of an authenticated gateway's push, and a quarantined push, is always a line (an
+agent is at risk). What anyone can cause at any rate (a refused Guid or token, a wrong method, a
+misrouted push) is counted in full in the metrics and logged at a bounded rate per reason: the
+first lines in full, then one line per interval saying how many were held back.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -101,9 +107,10 @@ class Request:
 class PushEndpoint:
     """ASGI app for the push path (any method reaches it, so it can answer 405 in JSON)."""
 
-    def __init__(self, settings: Settings, delivery: Delivery, metrics: Metrics, risk: AgentRisk) -> None:
+    def __init__(self, settings: Settings, delivery: Delivery, metrics: Metrics, risk: AgentRisk,
+                 auth: Authenticator | None = None) -> None:
         self._settings = settings
-        self._auth = Authenticator(settings.service_tokens, settings.allow_no_token)
+        self._auth = auth or Authenticator(settings.service_tokens, settings.allow_no_token)
         self._router = Router(settings.topic, settings.routes)
         self._delivery = delivery
         self._metrics = metrics
@@ -113,7 +120,9 @@ class PushEndpoint:
         self._ok_level = logging.getLevelName(settings.push_log_level.upper())
         self._replica = (settings.replica_name or "").encode()
         self._route_header = settings.router_key_header.encode() if settings.router_key_header else None
-        self._routing_lines = LineBudget()
+        self._lines = LineBudget()  # lines anyone can cause at any rate: refusals before authentication, routing
+        self._held_back: dict[str, str] = {}  # key -> message of the lines held back, until summed up
+        self._summary: asyncio.TimerHandle | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -130,7 +139,7 @@ class PushEndpoint:
             await self._keep(request, records, outcome)
         except Refusal as refusal:
             await self._keep_refused(request, refusal, outcome)
-            await self._finish(send, refusal, outcome, started)
+            await self._finish(send, refusal, outcome, started, trusted=request.node is not None)
             return
         except Exception:  # a bug: logged whole here, answered without detail
             log.exception("pushEvent failed unexpectedly", extra={"fields": outcome})
@@ -195,10 +204,8 @@ class PushEndpoint:
                                route_key=request.route_key)
 
     def _routing_line(self, kind: str, message: str, work_no: str, **fields: str | None) -> None:
-        held_back = self._routing_lines.take(kind)
-        if held_back is not None:
-            log.warning("pushEvent %s", message, extra={"fields": {
-                "operation": "pushEvent", "workNo": work_no, "problem": kind, **fields, "held_back": held_back}})
+        self._bounded_line(kind, f"pushEvent {message}",
+                           {"operation": "pushEvent", "workNo": work_no, "problem": kind, **fields})
 
     async def _keep(self, request: Request, records: list[Record], outcome: dict[str, Any]) -> None:
         try:
@@ -221,8 +228,10 @@ class PushEndpoint:
         except Unavailable:
             outcome["kept"] = False
 
-    async def _finish(self, send: Send, refusal: Refusal | None, outcome: dict[str, Any], started: float) -> None:
-        """Answer, then account for the push once: metrics, the agent's streak, the log line."""
+    async def _finish(self, send: Send, refusal: Refusal | None, outcome: dict[str, Any], started: float,
+                      trusted: bool = True) -> None:
+        """Answer, then account for the push once: metrics, the agent's streak, the log line (held
+        to a bounded rate when the refusal came before the sender was authenticated)."""
         if refusal is None:
             await answer(send, 200, SUCCESS_BODY)
         else:
@@ -234,10 +243,11 @@ class PushEndpoint:
             self._metrics.ok.inc()
             if work_no is not None:
                 self._risk.succeeded(work_no)
-            if not log.isEnabledFor(self._ok_level):
+            level = logging.WARNING if "quarantined" in outcome else self._ok_level  # kept aside: always said
+            if not log.isEnabledFor(level):
                 return
             outcome.update(retcode="0", status=200, duration_ms=round(elapsed * 1000, 2))
-            log.log(self._ok_level, "pushEvent accepted", extra={"fields": outcome})
+            log.log(level, "pushEvent accepted", extra={"fields": outcome})
             return
         self._metrics.pushes.labels(refusal.retcode).inc()
         self._metrics.rejected.labels(refusal.reason).inc()
@@ -245,7 +255,39 @@ class PushEndpoint:
             self._risk.failed(work_no)
         outcome.update(retcode=refusal.retcode, status=refusal.status, reason=refusal.message,
                        duration_ms=round(elapsed * 1000, 2))
-        log.warning("pushEvent refused", extra={"fields": outcome})
+        if trusted:
+            log.warning("pushEvent refused", extra={"fields": outcome})
+        else:
+            self._bounded_line(refusal.reason, "pushEvent refused", outcome)
+
+    # -- lines anyone can cause at any rate ----------------------------------------------------------
+
+    def _bounded_line(self, key: str, message: str, fields: dict[str, Any]) -> None:
+        """A warning held to the budget of its key: written with `held_back` (how many lines of the
+        key were left out since the last one), or left out and counted. Lines left out and not
+        reported by a later line are summed up in one line once the key's interval is over."""
+        held_back = self._lines.take(key)
+        if held_back is not None:
+            log.warning(message, extra={"fields": {**fields, "held_back": held_back}})
+            return
+        self._metrics.lines_held_back.labels(key).inc()
+        self._held_back[key] = message
+        if self._summary is None:
+            self._schedule_summary()
+
+    def _schedule_summary(self) -> None:
+        wait = self._lines.due_in()
+        if wait is not None:
+            self._summary = asyncio.get_running_loop().call_later(wait + 0.01, self._sum_up)
+
+    def _sum_up(self) -> None:
+        self._summary = None
+        interval = self._lines.interval_s
+        for key, count in self._lines.overdue():
+            message = self._held_back.pop(key, "pushEvent refused")
+            log.warning("%s: %d more lines like it held back", message, count, extra={"fields": {
+                "operation": "pushEvent", "problem": key, "held_back": count, "within_s": interval}})
+        self._schedule_summary()
 
     # -- dead letters ------------------------------------------------------------------------------
 

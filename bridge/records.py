@@ -4,7 +4,8 @@ One record per event, in list order:
 - topic: the first route whose glob matches eventType, else the default topic;
 - key: the agent's workNo as UTF-8, so Kafka's default partitioner keeps an agent on one partition;
 - value: the event object as JSON with every field kept;
-- headers: CloudEvents Kafka binding (binary mode) plus where the event sat in its push.
+- headers: CloudEvents Kafka binding (binary mode) plus where the event sat in its push, and on an
+  event whose eventGenTime the protocol normalised, `bridge_normalized` with what the gateway sent.
 
 ce_id is derived from the event itself (key and value bytes, plus how many identical events came
 before it in the same push), so a gateway retry of the same events yields the same ids.
@@ -93,6 +94,7 @@ def build_records(push: Push, node: str, router: Router, received_at: float | No
         shared.append(("bridge_replica", replica))
     seen: dict[str, int] = {}
     records = []
+    normalized = push.normalized
     for index, event, agent in zip(push.indexes, push.events, push.agents, strict=False):
         key = agent.encode()
         value = orjson.dumps(event)
@@ -107,6 +109,8 @@ def build_records(push: Push, node: str, router: Router, received_at: float | No
             *shared,
             ("ce_pushindex", str(index).encode()),
         ]
+        if normalized and index in normalized:
+            headers.append(("bridge_normalized", orjson.dumps(normalized[index])))
         records.append(Record(router.topic_for(event_type), key, value, headers))
     return records
 

@@ -15,36 +15,33 @@ import gc
 import logging
 import signal
 import socket
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import aiokafka.util
 import uvicorn
 from starlette.types import ASGIApp
 
 from . import config, tls
 from .app import create_app, create_management_app
+from .auth import Authenticator
 from .delivery import Delivery
 from .http import BridgeConfig
+from .kafka import give_aiokafka_the_loop
 from .metrics import Metrics
 from .publisher import Publisher
 from .risk import AgentRisk
 from .spool import Spool, SpoolError
+from .watch import SecretError, Watcher, watch_bridge_files
 
 log = logging.getLogger("bridge")
 
 
-def push_config(settings: config.Settings, app: ASGIApp) -> BridgeConfig:
-    """The push server's uvicorn settings: HTTPS unless BRIDGE_INSECURE_HTTP, the head bound."""
+def push_config(settings: config.Settings, app: ASGIApp, certificate: tls.Certificate | None = None) -> BridgeConfig:
+    """The push server's uvicorn settings: HTTPS with `certificate` (replaceable while serving)
+    unless BRIDGE_INSECURE_HTTP, the head bound."""
     https: dict[str, Any] = {}
-    if not settings.insecure_http:
-        https = {
-            "ssl_certfile": str(settings.tls_certfile),
-            "ssl_keyfile": str(settings.tls_keyfile),
-            "ssl_ciphers": tls.TLS12_CIPHERS,
-            "ssl_context_factory": tls.context,
-        }
+    if certificate is not None:
+        https = {"ssl_context_factory": certificate.context_factory}
     return BridgeConfig(
         app,
         max_header_bytes=settings.max_header_bytes,
@@ -116,16 +113,6 @@ def open_spool(settings: config.Settings, on_damage: Callable[[int], object]) ->
     return spool, ""
 
 
-def give_aiokafka_the_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """aiokafka makes a future for every record it is sent, asking asyncio for the running loop
-    each time (aiokafka.util.get_running_loop). Before Python 3.12, asyncio answers that with a
-    getpid() system call, to notice a fork: measured at 18% of the bridge's CPU at saturation. The
-    bridge serves from one loop for its whole life and never forks, so aiokafka gets that loop
-    directly. Later Pythons dropped the check, and nothing is changed there."""
-    if sys.version_info < (3, 12):
-        aiokafka.util.get_running_loop = lambda: loop
-
-
 async def run(settings: config.Settings, make_publisher: Callable[..., Publisher] = Publisher) -> bool:
     """Serve until SIGTERM/SIGINT. `make_publisher(settings, metrics)` is replaceable so the
     benchmark can run this very stack without Kafka. The spool is recovered before anything else."""
@@ -134,12 +121,25 @@ async def run(settings: config.Settings, make_publisher: Callable[..., Publisher
     spool, spool_problem = open_spool(settings, metrics.spool_corrupt.inc)
     risk = AgentRisk()
     metrics.watch_risk(risk)
+    # Secrets and certificates from files, read again whenever they change (bridge/watch.py).
+    auth = Authenticator(settings.service_tokens, settings.allow_no_token)
+    certificate = None
+    if not settings.insecure_http:
+        assert settings.tls_certfile is not None and settings.tls_keyfile is not None  # checked by config
+        certificate = tls.Certificate(settings.tls_certfile, settings.tls_keyfile)
+    files = Watcher(metrics)
+    try:
+        watch_bridge_files(files, settings, auth, certificate)
+    except SecretError as exc:
+        log.error("cannot start: %s", exc)
+        return False
     delivery = Delivery(make_publisher(settings, metrics), spool, metrics, spool_problem)
-    push = Server(push_config(settings, create_app(settings, delivery, metrics, risk)), owns_signals=True,
-                  before_shutdown=lambda: delivery.serve(False))
-    management = Server(management_config(settings, create_management_app(delivery, metrics, lambda: push.should_exit)),
-                        owns_signals=False)
+    push = Server(push_config(settings, create_app(settings, delivery, metrics, risk, auth), certificate),
+                  owns_signals=True, before_shutdown=lambda: delivery.serve(False))
+    management = Server(management_config(settings, create_management_app(
+        delivery, metrics, lambda: push.should_exit, files.describe)), owns_signals=False)
     management_task = asyncio.create_task(management.serve(), name="management-server")
+    watch_task = asyncio.create_task(files.run(), name="secret-files")
     # What exists now (modules, settings, the apps) lives as long as the process: keep it out of
     # the collector's way, and collect the young generation less often, since a push allocates a
     # few hundred short-lived containers that reference counting frees anyway.
@@ -148,8 +148,10 @@ async def run(settings: config.Settings, make_publisher: Callable[..., Publisher
     try:
         await push.serve()
     finally:
+        watch_task.cancel()
         management.should_exit = True
         await management_task
+        await asyncio.gather(watch_task, return_exceptions=True)
     return push.started
 
 

@@ -7,19 +7,17 @@ a parser for anything the type alone does not say, and the line docs/configurati
 bridge.config reads the environment by these declarations and then applies the rules that tie
 settings together.
 
-Adding a setting: one field here; then `python -m bridge.settings --update docs/configuration.md`
+Adding a setting: one field here; then `python -m bridge.configdoc --update docs/configuration.md`
 (a test fails until the page matches); and, only if it depends on other settings, one rule in
 bridge.config.
 """
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -137,14 +135,17 @@ class Settings:
         None, "PEM file of the CA that signed the brokers' certificates", shown="system CAs")
     kafka_ssl_certfile: Path | None = setting(
         None, "client certificate, PEM, for brokers that require mutual TLS; goes with `BRIDGE_KAFKA_SSL_KEYFILE`")
-    kafka_ssl_keyfile: Path | None = setting(None, "the client certificate's private key, PEM")
+    kafka_ssl_keyfile: Path | None = setting(
+        None, "the client certificate's private key, PEM. The three files are read again when they change, for the "
+        "Kafka clients made after that (docs/kafka.md)")
     kafka_sasl_mechanism: SaslMechanism | None = setting(
         None, "how the bridge logs in: {choices}", shown=REQUIRED_WITH_SASL)
     kafka_sasl_username: str | None = setting(None, "the SASL user", shown=REQUIRED_WITH_SASL)
     kafka_sasl_password: str | None = setting(
         None, "its password; give this or the next one, not both", secret=True)
     kafka_sasl_password_file: Path | None = setting(
-        None, "a file holding the password (e.g. a mounted Kubernetes Secret); a trailing line end is dropped")
+        None, "a file holding the password (e.g. a mounted Kubernetes Secret); a trailing line end is dropped; read "
+        "again when it changes, for the Kafka clients made after that (docs/kafka.md)")
     kafka_linger_ms: int = setting(
         0, "how long the producer waits to fill a batch (0: batches still form while a request is in flight; in "
         "atomic mode also how long pushes gather into one transaction)", within=(0, 1000))
@@ -158,12 +159,17 @@ class Settings:
     push_path: str = setting("/service-cloud/rest/cc-ai/v1/agentevent/pushresult", "the callback path",
                              parse=url_path)
     tls_certfile: Path | None = setting(
-        None, "server certificate chain, PEM; TLS 1.2 is the minimum, TLS 1.3 preferred", shown=REQUIRED_FOR_HTTPS)
+        None, "server certificate chain, PEM; TLS 1.2 is the minimum, TLS 1.3 preferred. Read again within seconds of "
+        "a change (with the key): new connections get the new certificate", shown=REQUIRED_FOR_HTTPS)
     tls_keyfile: Path | None = setting(None, "the server certificate's private key, PEM", shown=REQUIRED_FOR_HTTPS)
     insecure_http: bool = setting(False, "`true` serves plain HTTP, for deployments that terminate TLS in front")
     service_tokens: tuple[str, ...] = setting(
-        (), "comma-separated accepted `service_token` values; list two while rotating", parse=token_list,
-        shown="(required)")
+        (), "comma-separated accepted `service_token` values, read at start only; give this or the next one, not "
+        "both", parse=token_list, shown="(this or the next one)")
+    service_tokens_file: Path | None = setting(
+        None, "a file of accepted `service_token` values, one per line (blank lines and `#` comments skipped), e.g. "
+        "a mounted Secret; read again within seconds of a change, without a restart (see docs/deployment.md, "
+        "rotating secrets)", shown="(this or the previous one)")
     allow_no_token: bool = setting(False, "`true` with no tokens configured accepts pushes without a token "
                                    "(logged as a security warning at start)")
 
@@ -235,11 +241,6 @@ class Settings:
         return tuple(dict.fromkeys([self.topic, *(r.topic for r in self.routes), *extra]))
 
 
-# ------------------------------------------------------------------- docs/configuration.md's table
-
-TABLE_HEADER = "| variable | default | meaning |"
-
-
 def optional_of(hint: Any) -> Any:
     """X of `X | None`; any other type as it is."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -250,63 +251,3 @@ def optional_of(hint: Any) -> Any:
 def choices_of(hint: Any) -> tuple[str, ...]:
     """The values of a Literal type; () for any other type."""
     return tuple(typing.get_args(hint)) if typing.get_origin(hint) is Literal else ()
-
-
-def _number(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _shown(value: object) -> str:
-    if value is MISSING:
-        return "(required)"
-    if value is None or value == ():
-        return "none"
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    return f"`{_number(value)}`" if isinstance(value, float) else f"`{value}`"
-
-
-def _listed(choices: tuple[str, ...]) -> str:
-    quoted = [f"`{c}`" for c in choices]
-    return f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else "".join(quoted)
-
-
-def table() -> str:
-    """docs/configuration.md's table of settings: one row per setting, in declaration order."""
-    hints = typing.get_type_hints(Settings)
-    rows = [TABLE_HEADER, "|----------|---------|---------|"]
-    for f in fields(Settings):
-        d: Declaration = f.metadata["setting"]
-        default = (d.shown or "{default}").replace("{default}", _shown(f.default))
-        meaning = d.doc.replace("{choices}", _listed(choices_of(optional_of(hints[f.name]))))
-        if d.within is not None:
-            meaning += f"; from `{_number(d.within[0])}` to `{_number(d.within[1])}`"
-        rows.append(f"| `{PREFIX}{f.name.upper()}` | {default} | {meaning} |")
-    return "\n".join(rows)
-
-
-def with_table(page: str) -> str:
-    """`page` with its table of settings (from TABLE_HEADER to the first line that is not a row)
-    replaced by table()."""
-    start = page.find(TABLE_HEADER)
-    if start < 0:
-        raise ValueError(f"no table of settings (a line {TABLE_HEADER!r}) in the page")
-    lines = page[start:].split("\n")
-    end = next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
-    return page[:start] + "\n".join([table(), *lines[end:]])
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridge.settings", description="Print the table of "
-                                     "settings that docs/configuration.md shows, built from the declarations.")
-    parser.add_argument("--update", metavar="FILE", type=Path, help="write the table into FILE, in place of its own")
-    args = parser.parse_args(argv)
-    if args.update is None:
-        print(table())
-    else:
-        args.update.write_text(with_table(args.update.read_text()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

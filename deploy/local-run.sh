@@ -18,9 +18,10 @@ if [ -z "${BRIDGE_TLS_CERTFILE:-}" ] && [ "${BRIDGE_INSECURE_HTTP:-false}" != "t
   export BRIDGE_TLS_CERTFILE="$tls/server.pem" BRIDGE_TLS_KEYFILE="$tls/server.key"
   echo "make run: HTTPS with a local certificate; clients trust it with --cacert $tls/ca.pem"
 fi
-if [ -z "${BRIDGE_SERVICE_TOKENS:-}" ] && [ "${BRIDGE_ALLOW_NO_TOKEN:-false}" != "true" ]; then
+if [ -z "${BRIDGE_SERVICE_TOKENS:-}" ] && [ -z "${BRIDGE_SERVICE_TOKENS_FILE:-}" ] \
+    && [ "${BRIDGE_ALLOW_NO_TOKEN:-false}" != "true" ]; then
   export BRIDGE_SERVICE_TOKENS=local-dev-token
-  echo "make run: accepting service_token 'local-dev-token' (set BRIDGE_SERVICE_TOKENS to change it)"
+  echo "make run: accepting service_token 'local-dev-token' (set BRIDGE_SERVICE_TOKENS, or BRIDGE_SERVICE_TOKENS_FILE, to change it)"
 fi
 if [ -z "${BRIDGE_SPOOL_DIR:-}" ]; then
   export BRIDGE_SPOOL_DIR=.local/spool

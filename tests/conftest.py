@@ -87,8 +87,9 @@ class Http:
         self._session = session
 
     async def request(self, method: str, url: str, body: bytes | None = None,
-                      headers: dict[str, str] | None = None) -> Reply:
-        async with self._session.request(method, url, data=body, headers=headers) as response:
+                      headers: dict[str, str] | None = None, allow_redirects: bool = True) -> Reply:
+        async with self._session.request(method, url, data=body, headers=headers,
+                                         allow_redirects=allow_redirects) as response:
             return Reply(response.status, {k.lower(): v for k, v in response.headers.items()},
                          await response.read())
 

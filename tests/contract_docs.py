@@ -2,8 +2,9 @@
 
 - `AsyncApi`: per channel, the message a record must match: key, headers and value validators
   built from the AsyncAPI document and the event JSON Schema it references.
-- `OpenApi`: the documented answers of the push endpoint, per mode of BRIDGE_MALFORMED_PUSHES
-  (from each example's `x-modes`), and a validator for an observed answer.
+- `OpenApi`: the documented answers of an OpenAPI document: the push endpoint's (openapi.yaml) per
+  mode of BRIDGE_MALFORMED_PUSHES (from each example's `x-modes`), or the management port's
+  (openapi-management.yaml), and a validator for an observed answer.
 
 Schemas are validated with jsonschema, their $refs resolved inside the documents (and across to
 event.schema.json) through one registry.
@@ -24,6 +25,7 @@ from referencing.jsonschema import DRAFT7, DRAFT202012
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS = ROOT / "docs" / "contracts"
 MODES = ("quarantine", "refuse")
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 FORMATS = jsonschema.FormatChecker()
 
 
@@ -33,16 +35,24 @@ def load(path: Path) -> Any:
 
 def registry(folder: Path) -> Registry:
     """Every document of `folder` under its file URI: the event schema in its own dialect, the
-    AsyncAPI document as draft 7 (its default schema format), the OpenAPI one as 2020-12."""
-    dialect = {"asyncapi.yaml": DRAFT7, "openapi.yaml": DRAFT202012}
+    AsyncAPI document as draft 7 (its default schema format), the OpenAPI ones as 2020-12."""
     resources = []
     for path in sorted(folder.iterdir()):
         if path.suffix in (".yaml", ".json"):
             contents = load(path)
-            resource = (Resource(contents, dialect[path.name]) if path.name in dialect
+            resource = (Resource(contents, DRAFT7) if "asyncapi" in contents
+                        else Resource(contents, DRAFT202012) if "openapi" in contents
                         else Resource.from_contents(contents))
             resources.append((path.resolve().as_uri(), resource))
     return Registry().with_resources(resources)
+
+
+def strict(validator_class: Any) -> Any:
+    """`validator_class` for JSON as the bridge reads it, where 1 and 1.0 differ: an integer is a
+    number written without fraction or exponent (JSON Schema alone would also take 1.0)."""
+    checker = validator_class.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    return jsonschema.validators.extend(validator_class, type_checker=checker)
 
 
 def errors(validator: jsonschema.protocols.Validator, instance: Any) -> list[str]:
@@ -154,10 +164,19 @@ class Answer:
 
 
 class OpenApi:
-    def __init__(self, folder: Path = CONTRACTS) -> None:
-        self.path = (folder / "openapi.yaml").resolve()
+    """An OpenAPI document: by default the push endpoint's, whose every answer has exactly the
+    Content-Type `content_type`; `OpenApi.management()` is the management port's."""
+
+    def __init__(self, folder: Path = CONTRACTS, name: str = "openapi.yaml",
+                 content_type: str | None = "application/json; charset=UTF-8") -> None:
+        self.path = (folder / name).resolve()
         self.doc = load(self.path)
         self.registry = registry(folder)
+        self.content_type = content_type
+
+    @classmethod
+    def management(cls, folder: Path = CONTRACTS) -> OpenApi:
+        return cls(folder, "openapi-management.yaml", None)
 
     @cached_property
     def push_path(self) -> str:
@@ -170,23 +189,39 @@ class OpenApi:
         return node
 
     def operations(self) -> dict[str, dict]:
-        """`METHOD path` (and "other paths") -> the responses documented there."""
+        """`METHOD path`, "other methods <path>" and "other paths" -> the responses documented there."""
         out = {}
         for path, item in self.doc["paths"].items():
             for method, operation in item.items():
-                if method in ("get", "put", "post", "delete", "patch", "head", "options", "trace"):
+                if method in METHODS:
                     out[f"{method.upper()} {path}"] = operation["responses"]
-        out["other paths"] = self.doc["x-other-paths"]["responses"]
+            if "x-other-methods" in self.doc:
+                out[f"other methods {path}"] = self.doc["x-other-methods"]["responses"]
+        if "x-trailing-slash" in self.doc:
+            out["trailing slash"] = self.doc["x-trailing-slash"]["responses"]
+        if "x-other-paths" in self.doc:
+            out["other paths"] = self.doc["x-other-paths"]["responses"]
         return out
+
+    def where(self, method: str, path: str) -> str:
+        """The entry of operations() that documents `method` on `path`."""
+        if path not in self.doc["paths"]:
+            trailing = "x-trailing-slash" in self.doc and path.endswith("/") and path[:-1] in self.doc["paths"]
+            return "trailing slash" if trailing else "other paths"
+        if method.lower() in self.doc["paths"][path]:
+            return f"{method.upper()} {path}"
+        return f"other methods {path}"
 
     def answers(self) -> list[Answer]:
         found = []
         for where, responses in self.operations().items():
             for status, response in responses.items():
                 response = self.resolve(response)
-                for name, example in response["content"]["application/json"]["examples"].items():
-                    found.append(Answer(where, int(status), example["value"]["retcode"], tuple(example["x-modes"]),
-                                        name))
+                for media in response.get("content", {}).values():
+                    for name, example in media.get("examples", {}).items():
+                        value = example["value"]
+                        retcode = value.get("retcode", "") if isinstance(value, dict) else ""
+                        found.append(Answer(where, int(status), retcode, tuple(example.get("x-modes", MODES)), name))
         return found
 
     def pairs(self, mode: str) -> set[tuple[int, str]]:
@@ -206,23 +241,39 @@ class OpenApi:
             return [self.absolute(v) for v in node]
         return node
 
-    def schema_validator(self, schema: dict) -> jsonschema.protocols.Validator:
-        """A 2020-12 validator for a schema object of this document ($refs resolved in it)."""
-        return jsonschema.Draft202012Validator(self.absolute(schema), registry=self.registry, format_checker=FORMATS)
+    def schema_validator(self, schema: dict, strict_types: bool = False) -> jsonschema.protocols.Validator:
+        """A 2020-12 validator for a schema object of this document ($refs resolved in it); with
+        `strict_types`, integers are told from whole floats (see strict())."""
+        kind = strict(jsonschema.Draft202012Validator) if strict_types else jsonschema.Draft202012Validator
+        return kind(self.absolute(schema), registry=self.registry, format_checker=FORMATS)
 
-    def answer_problems(self, where: str, status: int, headers: dict[str, str], body: bytes) -> list[str]:
-        """Why an observed answer does not match the document (empty when it does)."""
+    def answer_problems(self, where: str, status: int, headers: dict[str, str], body: bytes,
+                        head: bool = False) -> list[str]:
+        """Why an observed answer does not match the document (empty when it does). The answer to
+        a HEAD request (`head`) has no body; everything else about it must match."""
         response = self.response(where, status)
         if response is None:
             return [f"{where}: status {status} is not documented"]
         problems = []
-        media = response["content"]["application/json"]
-        if headers.get("content-type") != "application/json; charset=UTF-8":
-            problems.append(f"content-type {headers.get('content-type')!r}")
-        try:
-            problems += errors(self.schema_validator(media["schema"]), orjson.loads(body))
-        except orjson.JSONDecodeError:
-            problems.append(f"body is not JSON: {body[:80]!r}")
+        observed = headers.get("content-type", "")
+        if self.content_type is not None and observed != self.content_type:
+            problems.append(f"content-type {observed!r}, not {self.content_type!r}")
+        if not response.get("content"):
+            return [*problems, f"a body where none is documented: {body[:80]!r}"] if body else problems
+        documented = {media.split(";")[0].strip(): spec for media, spec in response["content"].items()}
+        media = documented.get(observed.split(";")[0].strip().lower())
+        if media is None:
+            return [*problems, f"content-type {observed!r} is not documented for {where} {status}"]
+        if head or where.startswith("HEAD "):
+            if body:
+                problems.append("an answer to HEAD has a body")
+        elif "json" in observed:
+            try:
+                problems += errors(self.schema_validator(media["schema"]), orjson.loads(body))
+            except orjson.JSONDecodeError:
+                problems.append(f"body is not JSON: {body[:80]!r}")
+        else:
+            problems += errors(self.schema_validator(media["schema"]), body.decode("utf-8", "replace"))
         for name, spec in response.get("headers", {}).items():
             value = headers.get(name.lower())
             if value is None:

@@ -185,7 +185,9 @@ class AgentEventConsumer:
             log.warning("commit of %s failed: %s", offsets, exc)
             return
         for tp, offset in offsets.items():
-            self._progress[tp].committed = offset
+            progress = self._progress.get(tp)
+            if progress is not None:  # a rebalance may have taken the partition while committing
+                progress.committed = offset
         self.counts.commits += 1
 
     async def _release(self, revoked: set[TopicPartition]) -> None:

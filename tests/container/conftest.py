@@ -1,5 +1,5 @@
 """The compose project, run for real: the project's image built from its Dockerfile, Kafka, two
-bridge replicas and the load balancer, in a private podman (see engine.py and standins.py).
+bridge replicas and the router, in a private podman (see engine.py and standins.py).
 
 The project runs from a scratch copy of the files compose reads, with real TLS material and a
 token in the .local/ files an operator would write, plus one override file that this test owns
@@ -60,7 +60,7 @@ def override(kafka_port: int, push_port: int) -> str:
         f'      - "127.0.0.1:{kafka_port}:9092"',
         "    environment:",
         f"      KAFKA_ADVERTISED_LISTENERS: INTERNAL://kafka:19092,HOST://localhost:{kafka_port}",
-        "  lb:",
+        "  router:",
         "    ports: !override",
         f'      - "127.0.0.1:{push_port}:8043"',
     ]
@@ -72,7 +72,8 @@ def scratch_project(directory: Path) -> Path:
         shutil.copy(engines.ROOT / name, directory / name)
     shutil.copytree(engines.ROOT / "deploy" / "compose", directory / "deploy" / "compose")
     make_tls(directory / ".local" / "tls")
-    (directory / ".local" / "bridge-secrets.env").write_text(f"BRIDGE_SERVICE_TOKENS={TOKEN}\n")
+    (directory / ".local" / "tokens").mkdir()
+    (directory / ".local" / "tokens" / "service-tokens").write_text(f"{TOKEN}\n")
     return directory
 
 

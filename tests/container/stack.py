@@ -1,7 +1,8 @@
 """One running compose project of the container test, and what the tests ask of it: its
-containers by service, commands inside them, the bridges' management endpoints (reached from
-inside each container, since that port is published nowhere), the load balancer's log, and
-clean-up of everything the project created."""
+containers by service, commands inside them, the management endpoints of the bridges and of the
+router (reached from inside a bridge container, since those ports are published nowhere), the
+router's log (which replica served which push, hashed on which agent), which replica a record
+came from, and clean-up of everything the project created."""
 from __future__ import annotations
 
 import re
@@ -13,17 +14,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from bench._cluster import PUSH_PATH
+from bench._cluster import PUSH_PATH, ROUTER_LINE, RouterRequest
 
 from .engine import Engine, Project
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
-# GET a management path from inside a bridge container; prints the status, then the body.
+# GET a URL from inside a bridge container (its management port, or the router's on the compose
+# network); prints the status, then the body.
 MANAGEMENT_GET = """
 import sys, urllib.error, urllib.request
 try:
-    answer = urllib.request.urlopen("http://127.0.0.1:8081" + sys.argv[1], timeout=5)
+    answer = urllib.request.urlopen(sys.argv[1], timeout=5)
 except urllib.error.HTTPError as error:
     answer = error
 print(answer.status if hasattr(answer, "status") else answer.code)
@@ -64,8 +66,10 @@ class Stack:
     def exec(self, container: str, *command: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.engine.podman("exec", container, *command, check=check)
 
-    def management(self, container: str, path: str) -> tuple[int, str]:
-        result = self.exec(container, "python", "-c", MANAGEMENT_GET, path, check=False)
+    def management(self, container: str, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
+        """GET `path` of the management port (8081) of `host` as seen from inside `container` (a
+        bridge): its own by default, or the router's (host "router")."""
+        result = self.exec(container, "python", "-c", MANAGEMENT_GET, f"http://{host}:8081{path}", check=False)
         if result.returncode != 0:
             return 0, result.stderr
         status, _, body = result.stdout.partition("\n")
@@ -83,25 +87,61 @@ class Stack:
     def running(self, container: str) -> bool:
         return self.engine.inspect(container)["State"]["Running"]
 
-    def lb_log(self) -> list[tuple[float, str]]:
-        """The load balancer's log lines, each with the time podman received it (epoch seconds)."""
-        out = self.engine.podman("logs", "--timestamps", self.container("lb")).stdout
+    # -- the router ----------------------------------------------------------------------------
+
+    def router_log(self) -> list[tuple[float, str]]:
+        """The router's log lines, each with the time podman received it (epoch seconds)."""
+        out = self.engine.podman("logs", "--timestamps", self.container("router")).stdout
         lines = []
         for line in out.splitlines():
             stamp, _, text = line.partition(" ")
             lines.append((timestamp(stamp), text))
         return lines
 
+    def router_requests(self) -> list[tuple[float, RouterRequest]]:
+        """Every request the router logged (time podman received the line, the request): which
+        replica's server served it, hashed on which agent, over which client connection."""
+        found = []
+        for at, text in self.router_log():
+            match = ROUTER_LINE.match(text)
+            if match:
+                found.append((at, RouterRequest.of(match)))
+        return found
+
+    def server_of(self, container: str) -> str:
+        """The router's server for a bridge container: <project>-bridge-N is bridgeN, always."""
+        match = re.fullmatch(rf"{re.escape(self.project.name)}-bridge-(\d+)", container)
+        assert match, f"{container} is not a replica of the bridge service"
+        return f"bridge{match.group(1)}"
+
+    def router_states(self) -> dict[str, str]:
+        """server -> UP, DOWN, MAINT ... as the router sees its servers now (its /metrics, asked
+        from inside a bridge container); {} when it cannot be asked."""
+        bridges = self.containers("bridge")
+        if not bridges:
+            return {}
+        status, body = self.management(bridges[0], "/metrics", host="router")
+        if status != 200:
+            return {}
+        pattern = re.compile(r'^haproxy_server_status\{proxy="bridges",server="([^"]+)",state="(\w+)"\} 1$', re.M)
+        return dict(pattern.findall(body))
+
+    def replicas_by_name(self) -> dict[str, str]:
+        """The `bridge_replica` header a record carries (the replica's host name, which podman sets
+        to the container's short id) -> the bridge container that accepted its push."""
+        return {self.engine.inspect(c)["Config"]["Hostname"]: c for c in self.containers("bridge", every=True)}
+
     # -- readiness and clean-up ----------------------------------------------------------------
 
     def wait_ready(self, replicas: int, timeout: float = 120) -> None:
-        """Every replica answers /readyz with 200 and the load balancer completes a TLS handshake
-        with one of them."""
+        """Every replica answers /readyz with 200, the router takes each of them (its server UP),
+        and the router completes a TLS handshake on the published port."""
         deadline = time.monotonic() + timeout
         while True:
             bridges = self.containers("bridge")
             ready = len(bridges) == replicas and all(self.management(b, "/readyz")[0] == 200 for b in bridges)
-            if ready and self.handshake():
+            routed = ready and all(self.router_states().get(self.server_of(b)) == "UP" for b in bridges)
+            if routed and self.handshake():
                 return
             if time.monotonic() > deadline:
                 logs = {b: self.engine.podman("logs", "--tail", "20", b, check=False).stderr for b in bridges}

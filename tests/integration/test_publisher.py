@@ -25,7 +25,7 @@ async def test_pushes_of_one_agent_stay_whole_even_when_every_append_yields(kafk
     publisher = Publisher(settings)
     await publisher.start()
     assert publisher.ready
-    real_send = publisher._producer.send
+    real_send = publisher._supervisor.producer.send
 
     async def yielding_send(*args, **kwargs):
         # Hand control to the other pushes before every append, as a metadata refresh or a full
@@ -33,7 +33,7 @@ async def test_pushes_of_one_agent_stay_whole_even_when_every_append_yields(kafk
         await asyncio.sleep(0)
         return await real_send(*args, **kwargs)
 
-    publisher._producer.send = yielding_send
+    publisher._supervisor.producer.send = yielding_send
     router = Router(topic, ())
     pushes = [build_records(parse_push(orjson.dumps({"workNo": "55", "eventList": [
         {"eventType": "AgentState_Ready", "content": {"push": p, "index": i}} for i in range(8)]}), 100), "", router)

@@ -88,3 +88,34 @@ def log_lines(process: Bridge) -> list[dict]:
         except ValueError:
             continue
     return lines
+
+
+async def test_the_password_file_is_read_again_for_the_next_connection(kafka, tls_dir, tmp_path, client):
+    """A wrong password in the file: the bridge keeps trying and stays not ready; once the file holds
+    the right one, the next connection logs in, without a restart."""
+    from bench.rotation import SecretVolume
+
+    volume = SecretVolume(tmp_path / "kafka-sasl", {"password": b"not-the-password\n"})
+    env = sasl_env(kafka, "SASL_SSL", "SCRAM-SHA-512", f"test.sasl.{uuid.uuid4().hex[:8]}",
+                   BRIDGE_KAFKA_SASL_PASSWORD="", BRIDGE_KAFKA_SASL_PASSWORD_FILE=str(volume.path("password")))
+    process = Bridge(env, tls_dir).start(tmp_path, ready=False)
+    try:
+        deadline = time.monotonic() + 30
+        while not [line for line in log_lines(process) if "SaslAuthenticationFailed" in line["message"]]:
+            assert time.monotonic() < deadline, f"no SASL authentication error logged:\n{process.log_tail()}"
+            await asyncio.sleep(0.2)
+        assert (await client.request("GET", process.management_url + "/readyz")).status == 503
+        volume.update({"password": (PASSWORD + "\n").encode()})
+        changed = time.monotonic()
+        while (await client.request("GET", process.management_url + "/readyz")).status != 200:
+            assert time.monotonic() - changed < 15, f"not connected with the new password:\n{process.log_tail()}"
+            await asyncio.sleep(0.2)
+        body = orjson.dumps({"workNo": "4711", "eventList": [{"eventType": "AgentState_Ready"}]})
+        assert (await client.post(process.url, body, push_headers())).status == 200
+    finally:
+        await process.astop()
+    print(f"logged in {time.monotonic() - changed:.1f} s after the password file changed")
+    assert PASSWORD not in process.log() and "not-the-password" not in process.log()
+    reloaded = [line for line in log_lines(process) if line.get("logger") == "bridge.watch"
+                and line["message"].startswith("BRIDGE_KAFKA_SASL_PASSWORD_FILE: a new version is in service")]
+    assert len(reloaded) == 1

@@ -239,3 +239,39 @@ def test_operator_commands_need_no_certificate_or_token():
     assert settings.exit_drain_timeout_s == 60.0 and settings.join_window_s == 15.0
     with pytest.raises(ConfigError, match="BRIDGE_KAFKA_SSL_CERTFILE"):
         config.load({**kafka_only, "BRIDGE_KAFKA_SSL_KEYFILE": __file__}, serving=False)
+
+
+def test_tokens_from_a_file_one_per_line(tmp_path: Path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# the gateway's token\nalpha\n\n  beta_2  \r\nalpha\n")
+    env = {k: v for k, v in BASE.items() if k != "BRIDGE_SERVICE_TOKENS"}
+    settings = config.load({**env, "BRIDGE_SERVICE_TOKENS_FILE": str(tokens)})
+    assert settings.service_tokens == ("alpha", "beta_2") and settings.service_tokens_file == tokens
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("", "the file holds no token"),
+    ("# nothing but a comment\n\n", "the file holds no token"),
+    ("alpha\ns3cr3t,beta\n", "line 2 (11 characters) is not a token"),
+    ("alpha\nthe gateway's s3cr3t\n", "line 2 (20 characters) is not a token"),
+])
+def test_a_token_file_that_cannot_be_used_stops_the_bridge_at_start(tmp_path: Path, content, problem):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(content)
+    env = {k: v for k, v in BASE.items() if k != "BRIDGE_SERVICE_TOKENS"}
+    with pytest.raises(ConfigError) as error:
+        config.load({**env, "BRIDGE_SERVICE_TOKENS_FILE": str(tokens)})
+    assert str(error.value).startswith(f"BRIDGE_SERVICE_TOKENS_FILE={str(tokens)!r}: {problem}")
+    assert "s3cr3t" not in str(error.value)
+
+
+def test_tokens_are_given_one_way_only(tmp_path: Path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alpha\n")
+    with pytest.raises(ConfigError, match="BRIDGE_SERVICE_TOKENS and BRIDGE_SERVICE_TOKENS_FILE are both set"):
+        config.load({**BASE, "BRIDGE_SERVICE_TOKENS_FILE": str(tokens)})
+    env = {k: v for k, v in BASE.items() if k != "BRIDGE_SERVICE_TOKENS"}
+    with pytest.raises(ConfigError, match=r"BRIDGE_SERVICE_TOKENS_FILE='.*': no such file"):
+        config.load({**env, "BRIDGE_SERVICE_TOKENS_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match=r"BRIDGE_SERVICE_TOKENS is not set.*BRIDGE_SERVICE_TOKENS_FILE"):
+        config.load(env)

@@ -57,18 +57,26 @@ def test_the_asyncapi_parser_rejects_a_broken_document(tmp_path):
     assert "additionalProperties" in result.stdout and "minLength" in result.stdout, result.stdout
 
 
-def test_openapi_document_is_valid_openapi_3_1():
-    spec, base_uri = read_from_filename(str(CONTRACTS / "openapi.yaml"))
+@pytest.mark.parametrize("name", ["openapi.yaml", "openapi-management.yaml"])
+def test_openapi_documents_are_valid_openapi_3_1(name):
+    spec, base_uri = read_from_filename(str(CONTRACTS / name))
     assert spec["openapi"] == "3.1.0"
     validate_openapi(spec, base_uri=base_uri)
 
 
-def test_the_openapi_validator_rejects_a_broken_document(tmp_path):
-    folder = copy_contracts(tmp_path)
-    path = folder / "openapi.yaml"
-    path.write_text(path.read_text().replace("in: header", "in: headers", 1))
+@pytest.mark.parametrize("name, old, new, named", [
+    ("openapi.yaml", "in: header", "in: headers", "headers"),
+    ("openapi-management.yaml", "required: true", "required: maybe", "maybe"),
+    ("openapi-management.yaml", "type: integer", "type: whole", "whole"),
+])
+def test_the_openapi_validator_rejects_a_broken_document(tmp_path, name, old, new, named):
+    """Control: the validation above can fail, for each document."""
+    path = copy_contracts(tmp_path) / name
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
     spec, base_uri = read_from_filename(str(path))
-    with pytest.raises(Exception, match="headers"):
+    with pytest.raises(Exception, match=named):
         validate_openapi(spec, base_uri=base_uri)
 
 
@@ -82,6 +90,10 @@ def test_event_schema_is_a_valid_json_schema_and_its_examples_match_it():
     assert errors(validator, {"eventType": "X", "content": "1456403549-15"}) == []
     assert errors(validator, {"eventType": ""}) and errors(validator, {"content": None})
     assert errors(validator, {"eventType": "X", "workNo": True})
+    # eventGenTime in a record is always an integer in range: the bridge normalises or quarantines the rest.
+    assert errors(validator, {"eventType": "X", "eventGenTime": protocol.MAX_EVENT_TIME}) == []
+    for sent in ("1763900000002", -1, protocol.MAX_EVENT_TIME + 1, None, 1.5):
+        assert errors(validator, {"eventType": "X", "eventGenTime": sent}), sent
 
 
 def test_every_asyncapi_message_example_matches_its_message():
@@ -104,6 +116,15 @@ def test_every_openapi_example_matches_its_schema():
     validator = contract.schema_validator(body["schema"])
     assert body["examples"] and all(errors(validator, e["value"]) == [] for e in body["examples"].values())
     assert errors(validator, {"workNo": "1", "eventList": []}), "an empty eventList is not a valid push"
+    event = contract.schema_validator({"$ref": "#/components/schemas/PushedEvent"}, strict_types=True)
+    for sent in (1763900000002, "1763900000002", "", None, 1763900000002.0, "0" * 14):
+        assert errors(event, {"eventType": "X", "eventGenTime": sent}) == [], sent
+    for sent in (-1, "0" * 15, " 1", "1\n", "1.0", 1.5, True, {}, protocol.MAX_EVENT_TIME + 1):
+        assert errors(event, {"eventType": "X", "eventGenTime": sent}), sent
+    for work_no in ("7", 7, "", None):
+        assert errors(event, {"eventType": "X", "workNo": work_no}) == [], work_no
+    for work_no in (" ", "\n", 7.0, True, [], 2**64):
+        assert errors(event, {"eventType": "X", "workNo": work_no}), work_no
     for answer in contract.answers():
         response = contract.response(answer.where, answer.status)
         media = response["content"]["application/json"]
@@ -111,6 +132,18 @@ def test_every_openapi_example_matches_its_schema():
         assert errors(contract.schema_validator(media["schema"]), value) == [], answer
     guid = contract.resolve({"$ref": "#/components/parameters/Guid"})
     assert re.fullmatch(guid["schema"]["pattern"], guid["example"])
+
+
+def test_every_management_example_matches_its_schema():
+    contract = OpenApi.management()
+    checked = 0
+    for where, responses in contract.operations().items():
+        for status in responses:
+            for media in (contract.response(where, int(status)).get("content") or {}).values():
+                for name, example in media["examples"].items():
+                    assert errors(contract.schema_validator(media["schema"]), example["value"]) == [], (where, name)
+                    checked += 1
+    assert checked >= 10
 
 
 def test_every_documented_answer_names_its_modes_and_every_retcode_is_the_codes():
@@ -143,6 +176,16 @@ def test_the_documents_state_the_code_s_patterns_and_defaults():
     channels = {ch["address"] for ch in asyncapi.doc["channels"].values()}
     assert {defaults["topic"], defaults["dead_letter_topic"]} <= channels
     assert openapi.push_path == defaults["push_path"]
+    # the limits of a well-formed event, as the code has them
+    event = load(CONTRACTS / "event.schema.json")
+    assert event["properties"]["eventGenTime"]["maximum"] == protocol.MAX_EVENT_TIME
+    assert f"at most {protocol.MAX_EVENT_DEPTH} levels" in event["description"]
+    pushed = openapi.resolve({"$ref": "#/components/schemas/PushedEvent"})
+    assert f"more than {protocol.MAX_EVENT_DEPTH} levels" in pushed["description"]
+    assert {"maximum": protocol.MAX_EVENT_TIME, "minimum": 0, "type": "integer"} in \
+        pushed["properties"]["eventGenTime"]["anyOf"]
+    management = OpenApi.management()
+    assert management.doc["servers"][0]["url"].endswith(f":{defaults['management_port']}")
 
 
 def test_records_built_by_the_bridge_match_the_asyncapi_message():

@@ -35,3 +35,53 @@ def test_waves_never_put_two_entries_of_one_agent_together_and_keep_their_order(
         mine = [i for i, e in enumerate(entries) if e[0].key == key]
         assert [position[i] for i in mine] == sorted(position[i] for i in mine)
         assert len({position[i] for i in mine}) == len(mine)
+
+
+class StandInPublisher:
+    """Kafka as the drainer sees it: ready, taking every batch (what Kafka then does is the
+    integration tests' business)."""
+
+    ready, problem = True, ""
+
+    def __init__(self) -> None:
+        self.published: list[bytes] = []
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish_batch(self, records: list[Record], timeout: float | None = None) -> None:
+        self.published += [r.value for r in records]
+
+
+async def test_a_disk_error_while_draining_is_counted_and_tried_again(tmp_path, monkeypatch):
+    import asyncio
+
+    from bridge import delivery as delivery_module
+    from bridge.delivery import Delivery
+    from bridge.metrics import Metrics
+    from bridge.spool import Spool
+
+    monkeypatch.setattr(delivery_module, "DRAIN_RETRY_S", 0.05)
+    spool = Spool.open(tmp_path, 1 << 24)
+    for n in range(3):
+        await spool.append(encode([record(b"A", f'{{"n":{n}}}'.encode())]))
+    real_read, failures = spool.read, []
+
+    async def read_failing_once(limit: int = 1 << 20) -> list:
+        if not failures:
+            failures.append(1)
+            raise OSError(5, "Input/output error")
+        return await real_read(limit)
+
+    monkeypatch.setattr(spool, "read", read_failing_once)
+    publisher, metrics = StandInPublisher(), Metrics()
+    delivery = Delivery(publisher, spool, metrics)  # type: ignore[arg-type]
+    await delivery.start()
+    for _ in range(100):
+        if spool.entries == 0:
+            break
+        await asyncio.sleep(0.02)
+    await delivery.stop()
+    assert publisher.published == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    assert metrics.registry.get_sample_value("bridge_drain_errors_total") == 1

@@ -67,16 +67,16 @@ def test_partition_per_push_matches_the_default_partitioner():
 
     from aiokafka.partitioner import DefaultPartitioner
 
-    from bridge.publisher import Publisher
     from bridge.records import Record
+    from bridge.writes import partitions_of
 
     for count in (1, 6, 12, 50):
         cluster = SimpleNamespace(partitions_for_topic=lambda topic, n=count: set(range(n)))
         producer = SimpleNamespace(client=SimpleNamespace(cluster=cluster))
         keys = [str(n).encode() for n in range(0, 5000, 7)] + [b"10086", "座席".encode()]
         records = [Record("t", key, b"{}", []) for key in keys]
-        chosen = Publisher._partitions_of(producer, records)
+        chosen = partitions_of(producer, records)
         expected = [DefaultPartitioner()(key, list(range(count)), list(range(count))) for key in keys]
         assert chosen == expected
     unknown = SimpleNamespace(client=SimpleNamespace(cluster=SimpleNamespace(partitions_for_topic=lambda t: None)))
-    assert Publisher._partitions_of(unknown, [Record("t", b"1", b"{}", [])]) == [None]
+    assert partitions_of(unknown, [Record("t", b"1", b"{}", [])]) == [None]

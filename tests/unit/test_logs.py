@@ -37,3 +37,17 @@ def test_a_line_budget_passes_the_first_lines_then_counts_what_it_held_back():
     assert budget.take("guid", now=1.0) == 0  # each key has its own budget
     assert budget.take("token", now=10.0) == 97  # the next window starts by saying what was held back
     assert budget.take("token", now=10.1) == 0
+
+
+def test_what_a_budget_held_back_is_summed_up_once_its_interval_is_over():
+    from bridge.logs import LineBudget
+
+    budget = LineBudget(burst=2, interval_s=10.0)
+    assert budget.due_in(now=0.0) is None, "nothing held back, nothing due"
+    taken = [budget.take("token", now=t) for t in (0.0, 1.0, 2.0, 3.0)]
+    assert taken == [0, 0, None, None]
+    assert budget.due_in(now=3.0) == 7.0
+    assert budget.overdue(now=9.9) == [], "not before the interval is over"
+    assert budget.overdue(now=10.0) == [("token", 2)]
+    assert budget.overdue(now=11.0) == [] and budget.due_in(now=11.0) is None, "summed up once"
+    assert budget.take("token", now=12.0) == 0, "the next line does not report them again"

@@ -80,3 +80,70 @@ def test_unavailable_carries_retry_after():
     caught = protocol.unavailable("Kafka is not reachable", "kafka")
     assert caught.status == 503 and caught.retcode == "100-007" and caught.reason == "kafka"
     assert dict(caught.headers)[b"retry-after"] == b"10"
+
+
+def parse_one(event: dict) -> protocol.Push:
+    return parse_push(orjson.dumps({"workNo": "1", "eventList": [event, {"eventType": "Next"}]}), 10)
+
+
+@pytest.mark.parametrize("sent, written", [
+    (1763900000002, 1763900000002),          # the documented form, kept
+    (0, 0),
+    (protocol.MAX_EVENT_TIME, protocol.MAX_EVENT_TIME),
+    ("1763900000002", 1763900000002),        # decimal text
+    ("01763900000002", 1763900000002),
+    ("0", 0),
+    (1763900000002.0, 1763900000002),        # a whole number written as a float
+    (1.763900000002e12, 1763900000002),
+])
+def test_event_gen_time_is_written_as_an_integer(sent, written):
+    push = parse_one({"eventType": "A", "eventGenTime": sent})
+    assert push.problems == [] and push.events[0]["eventGenTime"] == written
+    assert type(push.events[0]["eventGenTime"]) is int
+    assert push.normalized == ({} if type(sent) is int else {0: {"eventGenTime": sent}})
+
+
+@pytest.mark.parametrize("sent", [None, ""])
+def test_no_event_gen_time_is_no_field(sent):
+    push = parse_one({"eventType": "A", "eventGenTime": sent, "content": None})
+    assert push.events[0] == {"eventType": "A", "content": None}
+    assert push.normalized == {0: {"eventGenTime": sent}}
+
+
+@pytest.mark.parametrize("sent", [
+    -1, protocol.MAX_EVENT_TIME + 1, 2**64 - 1, 1e20, 1763900000002.5, -0.5, True, False, [1], {"ms": 1},
+    "123456789012345", " 1763900000002", "1763900000002 ", "+1763900000002", "-1", "1e12", "1763900000002.0",
+    "\u0661\u0662", "1_000", "soon",
+])
+def test_anything_else_as_event_gen_time_makes_the_event_malformed(sent):
+    push = parse_one({"eventType": "A", "eventGenTime": sent})
+    assert [e["eventType"] for e in push.events] == ["Next"] and push.indexes == [1]
+    assert push.problems == ["eventList[0].eventGenTime must be epoch milliseconds: an integer from 0 to "
+                             "99999999999999, or its decimal text"]
+    assert push.normalized == {}
+
+
+def nest(depth: int) -> object:
+    value: object = None
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_events_nested_too_deeply_are_malformed():
+    limit = protocol.MAX_EVENT_DEPTH
+    fits = parse_one({"eventType": "A", "content": nest(limit - 1)})   # the event itself is the first level
+    assert fits.problems == [] and len(fits.events) == 2
+    deep = parse_one({"eventType": "A", "content": {"x": nest(limit - 1)}})
+    assert deep.problems == [f"eventList[0] nests objects and arrays more than {limit} levels deep"]
+    assert [e["eventType"] for e in deep.events] == ["Next"]
+
+
+def test_many_shallow_events_are_not_too_deep_and_one_deep_event_among_them_is():
+    shallow = {"eventType": "A", "content": {"a": [1]}}
+    push = parse_push(orjson.dumps({"workNo": "1", "eventList": [shallow] * 90}), 100)
+    assert push.problems == [] and len(push.events) == 90
+    deep = {"eventType": "B", "content": nest(protocol.MAX_EVENT_DEPTH)}
+    push = parse_push(orjson.dumps({"workNo": "1", "eventList": [shallow] * 90 + [deep, 7]}), 100)
+    assert len(push.events) == 90 and push.indexes == list(range(90))
+    assert push.problems[0].startswith("eventList[90] nests") and push.problems[1] == "eventList[91] must be an object"

@@ -4,13 +4,16 @@ tests' business; here the delivery only records what it was given, or fails as t
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
 import pytest
 
 from bridge import config
+from bridge.auth import Authenticator
 from bridge.delivery import Unavailable
+from bridge.logs import LineBudget
 from bridge.metrics import Metrics
 from bridge.push import PushEndpoint
 from bridge.records import Record
@@ -37,12 +40,13 @@ class StandInDelivery:
         return self.spooled
 
 
-def endpoint(delivery: StandInDelivery, **env: str) -> tuple[PushEndpoint, Metrics, AgentRisk]:
+def endpoint(delivery: StandInDelivery, auth: Authenticator | None = None,
+             **env: str) -> tuple[PushEndpoint, Metrics, AgentRisk]:
     settings = config.load({"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "BRIDGE_INSECURE_HTTP": "true",
                             "BRIDGE_SERVICE_TOKENS": TOKEN, "BRIDGE_PUSH_PATH": PATH,
                             "BRIDGE_DEAD_LETTER_TOPIC": DEAD, **{f"BRIDGE_{k}": v for k, v in env.items()}})
     metrics, risk = Metrics(), AgentRisk()
-    return PushEndpoint(settings, delivery, metrics, risk), metrics, risk  # type: ignore[arg-type]
+    return PushEndpoint(settings, delivery, metrics, risk, auth), metrics, risk  # type: ignore[arg-type]
 
 
 async def call(app: PushEndpoint, body: bytes | list[bytes] | None, method: str = "POST",
@@ -252,3 +256,67 @@ async def test_records_and_dead_letters_name_the_replica_that_accepted_them():
     await call(app, push({"eventType": "A"}, {"eventType": ""}))
     [records] = delivery.kept
     assert [dict(r.headers)["bridge_replica"] for r in records] == [b"bridge-2", b"bridge-2"]
+
+
+# -- what a flood writes to the log --------------------------------------------------------------
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "bridge.push" and r.levelno == logging.WARNING]
+
+
+async def test_refusals_before_authentication_are_counted_in_full_and_logged_at_a_bounded_rate(caplog):
+    app, metrics, _ = endpoint(StandInDelivery())
+    with caplog.at_level(logging.INFO, "bridge.push"):
+        for _ in range(1000):
+            status, _, body = await call(app, push({"eventType": "A"}), service_token="wrong")
+            assert (status, body["retcode"]) == (403, "000-003")
+        for _ in range(300):
+            assert (await call(app, push({"eventType": "A"}), Guid="not-a-guid"))[0] == 401
+    assert sample(metrics, "bridge_pushes_rejected_total", reason="token") == 1000
+    assert sample(metrics, "bridge_pushes_rejected_total", reason="guid") == 300
+    lines = refusal_lines(caplog)
+    assert [r.fields["retcode"] for r in lines] == ["000-003"] * 5 + ["000-002"] * 5, "five lines per reason"
+    assert sample(metrics, "bridge_log_lines_held_back_total", reason="token") == 995
+    assert sample(metrics, "bridge_log_lines_held_back_total", reason="guid") == 295
+
+
+async def test_lines_held_back_are_summed_up_once_the_interval_is_over(caplog):
+    app, metrics, _ = endpoint(StandInDelivery())
+    app._lines = LineBudget(burst=2, interval_s=0.2)
+    with caplog.at_level(logging.INFO, "bridge.push"):
+        for _ in range(50):
+            await call(app, push({"eventType": "A"}), service_token="wrong")
+        await asyncio.sleep(0.4)  # the flood stopped: nothing else would report what was held back
+    lines = refusal_lines(caplog)
+    assert len(lines) == 3
+    assert lines[2].fields == {"operation": "pushEvent", "problem": "token", "held_back": 48, "within_s": 0.2}
+    assert "48 more lines like it held back" in lines[2].getMessage()
+    assert sample(metrics, "bridge_pushes_rejected_total", reason="token") == 50
+
+
+async def test_an_authenticated_gateways_refused_or_quarantined_push_is_always_logged(caplog):
+    strict, _, _ = endpoint(StandInDelivery(), MALFORMED_PUSHES="refuse")
+    quarantining, _, _ = endpoint(StandInDelivery(), PUSH_LOG_LEVEL="debug")  # accepted pushes silenced
+    with caplog.at_level(logging.INFO, "bridge.push"):
+        for _ in range(30):
+            assert (await call(strict, b"{not json"))[0] == 400
+            assert (await call(quarantining, b"{not json"))[0] == 200
+            assert (await call(quarantining, push({"eventType": "A"})))[0] == 200
+    lines = refusal_lines(caplog)
+    assert sum(r.getMessage() == "pushEvent refused" and r.fields["status"] == 400 for r in lines) == 30
+    assert sum("quarantined" in r.fields for r in lines) == 30
+    assert all("held_back" not in r.fields for r in lines)
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING], "accepted pushes stay silent"
+
+
+async def test_the_token_set_can_be_replaced_while_serving():
+    auth = Authenticator(("old-token",), allow_no_token=False)
+    app, _, _ = endpoint(StandInDelivery(), auth)
+    assert (await call(app, push({"eventType": "A"}), service_token="old-token"))[0] == 200
+    assert auth.use(("old-token", "new-token")) == "2 tokens accepted (1 added, 0 removed)"
+    assert (await call(app, push({"eventType": "A"}), service_token="new-token"))[0] == 200
+    assert auth.use(("new-token",)) == "1 token accepted (0 added, 1 removed)"
+    assert (await call(app, push({"eventType": "A"}), service_token="old-token"))[0] == 403
+    with pytest.raises(ValueError):
+        auth.use(())
+    assert (await call(app, push({"eventType": "A"}), service_token="new-token"))[0] == 200

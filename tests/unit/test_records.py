@@ -72,3 +72,21 @@ def test_receipt_time_and_push_ids():
 
 def test_source_without_node():
     assert dict(records_for({"workNo": "1", "eventList": [{"eventType": "A"}]}, node="")[0].headers)["ce_source"] == b"/cc-gateway"
+
+
+def test_a_normalised_event_says_what_was_sent():
+    records = records_for({"workNo": "1", "eventList": [
+        {"eventType": "A", "eventGenTime": "1763900000002"}, {"eventType": "B", "eventGenTime": 1763900000003},
+        {"eventType": "C", "eventGenTime": None}]})
+    assert [orjson.loads(r.value) for r in records] == [
+        {"eventType": "A", "eventGenTime": 1763900000002}, {"eventType": "B", "eventGenTime": 1763900000003},
+        {"eventType": "C"}]
+    assert [dict(r.headers).get("bridge_normalized") for r in records] == [
+        b'{"eventGenTime":"1763900000002"}', None, b'{"eventGenTime":null}']
+
+
+def test_ce_id_is_that_of_the_normalised_event():
+    as_text = records_for({"workNo": "1", "eventList": [{"eventType": "A", "eventGenTime": "1763900000002"}]})
+    as_number = records_for({"workNo": "1", "eventList": [{"eventType": "A", "eventGenTime": 1763900000002}]})
+    assert as_text[0].value == as_number[0].value
+    assert dict(as_text[0].headers)["ce_id"] == dict(as_number[0].headers)["ce_id"]

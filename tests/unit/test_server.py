@@ -7,7 +7,7 @@ import sys
 import aiokafka.util
 import pytest
 
-from bridge.server import give_aiokafka_the_loop
+from bridge.kafka import give_aiokafka_the_loop
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="only older Pythons pay a system call per lookup")
