@@ -64,6 +64,7 @@ async def test_a_disk_error_while_draining_is_counted_and_tried_again(tmp_path, 
 
     monkeypatch.setattr(delivery_module, "DRAIN_RETRY_S", 0.05)
     spool = Spool.open(tmp_path, 1 << 24)
+    await spool.join()  # takes pushes
     for n in range(3):
         await spool.append(encode([record(b"A", f'{{"n":{n}}}'.encode())]))
     real_read, failures = spool.read, []
