@@ -7,9 +7,7 @@ the order they were accepted. A push goes straight to Kafka only when the spool 
 is healthy; if Kafka then fails or does not acknowledge within BRIDGE_PUBLISH_TIMEOUT_S, the push
 is spooled instead (records Kafka may still have taken reappear later with the same ce_id).
 
-The drainer publishes a segment's entries in waves: an entry joins a wave unless an earlier entry
-of the same agent is not yet acknowledged, so entries of one agent are never in flight together
-and a failure can never let a later one of them overtake an earlier one.
+The drainer (bridge/drainer.py) delivers the spool's entries, in order.
 
 Across replicas sharing a spool root the spool decides (bridge/spool/neighbours.py): "idle" also
 means no hold and nothing owed to another slot, the drainer stops at a hold's cut, and slots left
@@ -19,54 +17,21 @@ spool is delivered for up to BRIDGE_EXIT_DRAIN_TIMEOUT_S while Kafka is usable, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
-import msgpack
-
+from .drainer import Drainer, encode
 from .metrics import Metrics
 from .publisher import Publisher, PublishError
 from .records import Record
-from .spool import Entry, Spool, SpoolError
+from .spool import Spool, SpoolError
 
 log = logging.getLogger("bridge.delivery")
-SPOOLED_HEADER = ("bridge_spooled", b"true")
-DRAIN_CHUNK = 200           # entries decoded, published and acknowledged to the spool together
-DRAIN_RETRY_S = 1.0
-HOLD_POLL_S = 0.05          # how often a held spool looks whether the slots it waits for delivered
-DRAIN_PUBLISH_TIMEOUT_S = 30.0  # nobody waits on a drained entry: give Kafka the producer's own timeout
 
 
 class Unavailable(Exception):
     """Neither Kafka nor the spool can keep the push now; the message says why."""
-
-
-def encode(records: list[Record]) -> bytes:
-    packed: bytes = msgpack.packb([(r.topic, r.key, r.value, r.headers) for r in records], use_bin_type=True)
-    return packed
-
-
-def decode(payload: bytes) -> list[Record]:
-    return [Record(topic, key, value, [*map(tuple, headers), SPOOLED_HEADER])
-            for topic, key, value, headers in msgpack.unpackb(payload, raw=False)]  # type: ignore[attr-defined]
-
-
-def waves(records: list[list[Record]]) -> list[list[int]]:
-    """Indexes of `records` (one list per spool entry) grouped so that no wave holds two entries of
-    one agent, and an agent's entries are in successive waves in their order."""
-    result: list[list[int]] = []
-    next_wave: dict[bytes | None, int] = {}
-    for index, batch in enumerate(records):
-        keys = {r.key for r in batch if r.key is not None}
-        wave = max((next_wave.get(k, 0) for k in keys), default=0)
-        if wave == len(result):
-            result.append([])
-        result[wave].append(index)
-        for key in keys:
-            next_wave[key] = wave + 1
-    return result
 
 
 class Delivery:
@@ -75,9 +40,10 @@ class Delivery:
         self._spool = spool
         self._spool_problem = spool_problem
         self._metrics = metrics
-        self._drainer: asyncio.Task[None] | None = None
+        self._draining: asyncio.Task[None] | None = None
         self._adopted: dict[Spool, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._drainer = Drainer(publisher, metrics, self._wake, self._waiting)
         self._outage_started: float | None = None
         self._outage_spooled = 0
         metrics.watch_spool(spool, lambda: self.adopted)
@@ -127,7 +93,7 @@ class Delivery:
             await self._spool.join()
         await self._publisher.start()
         if self._spool is not None:
-            self._drainer = asyncio.create_task(self._drain(self._spool), name="spool-drainer")
+            self._draining = asyncio.create_task(self._drainer.run(self._spool), name="spool-drainer")
             self._spool.watch(self.deliver_adopted)
 
     async def serve(self, ready: bool) -> None:
@@ -152,10 +118,7 @@ class Delivery:
 
     async def deliver(self, spool: Spool, deadline: float | None = None) -> bool:
         """Drain `spool` until it is empty (True), or until `deadline` (monotonic) passes (False)."""
-        failing = ""
-        while spool.entries and (deadline is None or time.monotonic() < deadline):
-            failing = await self._drain_step(spool, deadline, failing)
-        return spool.entries == 0
+        return await self._drainer.deliver(spool, deadline)
 
     async def drain_before_exit(self, timeout: float) -> None:
         """On SIGTERM, once no push is in flight: deliver what is spooled (this replica's and the
@@ -180,7 +143,7 @@ class Delivery:
 
     async def stop(self) -> None:
         """Stop draining (what is left stays on disk for the next start), then flush Kafka."""
-        tasks = [t for t in [self._drainer, *self._adopted.values()] if t is not None]
+        tasks = [t for t in [self._draining, *self._adopted.values()] if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -228,96 +191,9 @@ class Delivery:
 
     # -- draining -----------------------------------------------------------------------------------
 
-    async def _drain(self, spool: Spool) -> None:
-        """Deliver the spool's entries for as long as the process runs. A disk error while reading or
-        acknowledging is counted and tried again (entries published but not acknowledged to the
-        spool are published again later, with the same ce_id); it never stops the drainer."""
-        failing = ""
-        while True:
-            failing = await self._drain_step(spool, None, failing)
-
-    async def _drain_step(self, spool: Spool, deadline: float | None, failing: str) -> str:
-        """One step of draining; returns the problem it ran into, if it is still the same one."""
-        try:
-            await self._drain_some(spool, deadline)
-        except (OSError, SpoolError) as exc:
-            self._metrics.drain_errors.inc()
-            if str(exc) != failing:  # once per distinct problem, not once a second
-                log.error("draining the spool %s failed: %s; trying again every %g s", spool.directory, exc,
-                          DRAIN_RETRY_S)
-            await asyncio.sleep(DRAIN_RETRY_S)
-            return str(exc)
-        return ""
-
-    async def _drain_some(self, spool: Spool, deadline: float | None = None) -> None:
-        if not spool.deliverable or not self._publisher.ready:
-            if spool is self._spool:
-                self._end_outage_if_done(spool)
-            if spool.entries and await spool.settle():
-                return  # a hold ended: go on at once
-            self._wake.clear()
-            wait = HOLD_POLL_S if spool.holding else DRAIN_RETRY_S
-            if deadline is not None:
-                wait = max(0.0, min(wait, deadline - time.monotonic()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
-            return
-        entries = await spool.read()
-        if not entries:
-            await asyncio.sleep(0.01)
-            return
-        for start in range(0, len(entries), DRAIN_CHUNK):
-            chunk = entries[start:start + DRAIN_CHUNK]
-            if not await self._publish_chunk(spool, chunk):
-                self._metrics.drain_errors.inc()
-                await asyncio.sleep(DRAIN_RETRY_S)
-                return
-            await spool.ack(chunk)
-            self._metrics.drained.inc(len(chunk))
-
-    async def _publish_chunk(self, spool: Spool, chunk: list[Entry]) -> bool:
-        """Each wave in one batched publish (a wave holds one entry per agent at most), waiting
-        for its acknowledgement before the next; pushes arriving meanwhile are served between."""
-        records = [await self._decode(spool, entry) for entry in chunk]
-        for wave in waves(records):
-            try:
-                await self._publisher.publish_batch([r for i in wave for r in records[i]], DRAIN_PUBLISH_TIMEOUT_S)
-            except PublishError as exc:
-                if not (exc.refused_records and await self._set_aside_refused(spool, chunk, records, wave)):
-                    log.warning("draining the spool paused: %s (a wave of %d entries not acknowledged)",
-                                exc, len(wave))
-                    return False
-            await asyncio.sleep(0)
-        return True
-
-    async def _set_aside_refused(self, spool: Spool, chunk: list[Entry], records: list[list[Record]],
-                                 wave: list[int]) -> bool:
-        """Kafka refused some records for good: publish the wave's entries one by one and set aside
-        those it refuses, so one oversized push cannot hold up every push behind it. False if
-        something else failed meanwhile."""
-        for i in wave:
-            try:
-                await self._publisher.publish_batch(records[i], DRAIN_PUBLISH_TIMEOUT_S)
-            except PublishError as exc:
-                if not exc.refused_records:
-                    return False
-                kept = await spool.set_aside(chunk[i], "refused")
-                self._metrics.spool_refused.inc()
-                log.error("a spooled push (%d records) that Kafka refuses (%s) is kept in %s instead",
-                          len(records[i]), exc, kept)
-        return True
-
-    async def _decode(self, spool: Spool, entry: Entry) -> list[Record]:
-        try:
-            return decode(entry.payload)
-        except (ValueError, TypeError, msgpack.exceptions.UnpackException) as exc:  # intact frame, foreign payload
-            kept = await spool.set_aside(entry, "corrupt")
-            log.error("spool entry in segment %d at offset %d cannot be decoded (%s); it is left out and kept in %s",
-                      entry.segment, entry.offset, exc, kept)
-            return []
-
-    def _end_outage_if_done(self, spool: Spool) -> None:
-        if self._outage_started is not None and spool.idle:
+    def _waiting(self, spool: Spool) -> None:
+        """The drainer has nothing to deliver from `spool` now: the outage may be over."""
+        if spool is self._spool and self._outage_started is not None and spool.idle:
             log.warning("outage mode ended: %d pushes went through the spool in %.1f s and are all in Kafka",
                         self._outage_spooled, time.monotonic() - self._outage_started)
             self._outage_started, self._outage_spooled = None, 0

@@ -16,7 +16,7 @@ from conftest import TOKEN, Bridge, Kafka, bridge_env, free_port, headers_of, pu
 
 from bench.simulate import Ledger, SimSettings, Simulator
 from bench.verify import compare, seen
-from bridge.delivery import encode
+from bridge.drainer import encode
 from bridge.records import Record
 from bridge.spool.format import frame
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, Bridge, Kafka, bridge_env, free_port, push_headers, read_topics
 
 from bench.verify import seen
-from bridge.delivery import encode
+from bridge.drainer import encode
 from bridge.records import Record
 from bridge.spool.format import frame
 

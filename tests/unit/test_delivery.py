@@ -1,7 +1,7 @@
 """The drainer's pure parts: the spool entry codec and the waves that keep each agent in order."""
 from __future__ import annotations
 
-from bridge.delivery import SPOOLED_HEADER, decode, encode, waves
+from bridge.drainer import SPOOLED_HEADER, decode, encode, waves
 from bridge.records import Record
 
 
@@ -57,12 +57,12 @@ class StandInPublisher:
 async def test_a_disk_error_while_draining_is_counted_and_tried_again(tmp_path, monkeypatch):
     import asyncio
 
-    from bridge import delivery as delivery_module
+    from bridge import drainer as drainer_module
     from bridge.delivery import Delivery
     from bridge.metrics import Metrics
     from bridge.spool import Spool
 
-    monkeypatch.setattr(delivery_module, "DRAIN_RETRY_S", 0.05)
+    monkeypatch.setattr(drainer_module, "DRAIN_RETRY_S", 0.05)
     spool = Spool.open(tmp_path, 1 << 24)
     await spool.join()  # takes pushes
     for n in range(3):
