@@ -191,17 +191,34 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def connection_metrics(bridge: BridgeProcess) -> dict[str, float]:
+def machine_busy_s() -> float:
+    """CPU time the whole machine has spent busy (all cores, /proc/stat), in seconds."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) the process has used, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bridge_metrics(bridge: BridgeProcess, histogram: str = "bridge_push_duration_seconds"
+                   ) -> tuple[dict[str, float], dict[float, float]]:
+    """The bridge's connection and push counters (those not 0), and from `histogram` the share of
+    observations within each bucket bound."""
     with urllib.request.urlopen(bridge.management_url + "/metrics", timeout=5) as response:
         text = response.read().decode()
-    wanted = ("bridge_connections_", "bridge_pushes_total", "bridge_pushes_rejected_total", "bridge_inflight_pushes")
-    found = {}
+    wanted = ("bridge_connections_", "bridge_pushes_total", "bridge_pushes_rejected_total")
+    found, buckets = {}, {}
     for line in text.splitlines():
-        if line.startswith(wanted) and not line.startswith("#") and "_created" not in line:
-            name, _, value = line.rpartition(" ")
-            if float(value):
-                found[name] = float(value)
-    return found
+        name, _, value = line.rpartition(" ")
+        if line.startswith(wanted) and "_created" not in line and float(value):
+            found[name] = float(value)
+        elif line.startswith(histogram + "_bucket"):
+            buckets[float(name.partition('le="')[2].rstrip('"}'))] = float(value)
+    total = buckets.get(float("inf")) or 1.0
+    return found, {bound: count / total for bound, count in buckets.items()}
 
 
 async def sample(pid: int, every_s: float, samples: list[tuple[float, float, int]], stop: asyncio.Event) -> None:
@@ -214,13 +231,18 @@ async def sample(pid: int, every_s: float, samples: list[tuple[float, float, int
             await asyncio.wait_for(stop.wait(), every_s)
 
 
-async def measure(args: argparse.Namespace, bridge: BridgeProcess, cafile: str, counts: dict[str, int]) -> int:
+async def measure(args: argparse.Namespace, bridge: BridgeProcess, broker_pid: int | None, cafile: str,
+                  counts: dict[str, int]) -> int:
     pid = bridge.proc.pid
-    before = rss_mb(pid)[0]
+    before, started = rss_mb(pid)[0], time.monotonic()
     attackers = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.slowloris", "--attack-port", str(bridge.port), "--cafile", cafile,
         "--counts", json.dumps([counts[k] for k in KINDS]), "--interval", str(args.interval),
         "--duration", str(args.duration), "--ramp", str(args.ramp), stdout=subprocess.PIPE)
+    processes = {"bridge": pid, "attackers": attackers.pid, "gateway (this process)": os.getpid(),
+                 "kafka": broker_pid}
+    cpu_before = {name: cpu_s(p) for name, p in processes.items() if p}
+    busy_before = machine_busy_s()
     await asyncio.sleep(min(args.ramp, 5.0))  # the gateway starts while the attack builds up
     gateway = Simulator(SimSettings(url=bridge.url, agents=args.agents, cafile=cafile, token=TOKEN,
                                     duration_s=args.duration - min(args.ramp, 5.0), drain_s=15.0,
@@ -229,8 +251,12 @@ async def measure(args: argparse.Namespace, bridge: BridgeProcess, cafile: str, 
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample(pid, 1.0, samples, stop))
     summary = await gateway.run()
+    elapsed = time.monotonic() - started
+    cores = {name: (cpu_s(processes[name] or 0) - used) / elapsed for name, used in cpu_before.items()}
+    cores["rest of the machine"] = (machine_busy_s() - busy_before) / elapsed - sum(cores.values())
     out, _ = await attackers.communicate()
-    metrics = await asyncio.to_thread(connection_metrics, bridge)
+    metrics, answered = await asyncio.to_thread(bridge_metrics, bridge)
+    _, acked = await asyncio.to_thread(bridge_metrics, bridge, "bridge_kafka_publish_duration_seconds")
     stop.set()
     await sampler
     now, peak = rss_mb(pid)
@@ -242,13 +268,18 @@ async def measure(args: argparse.Namespace, bridge: BridgeProcess, cafile: str, 
     print(f"gateway: {summary.attempts} pushes, {sum(summary.failures.values())} failed "
           f"{dict(summary.failures.most_common(4)) or ''}, p50 {lat[len(lat) // 2] * 1000 if lat else 0:.0f} ms, "
           f"p99 {p99:.0f} ms, max {lat[-1] * 1000 if lat else 0:.0f} ms, signed out {summary.signed_out}")
+    print("bridge's own answer times (request head to answer): " + ", ".join(
+        f"{share:.2%} within {bound * 1000:g} ms" for bound, share in sorted(answered.items()) if bound in (0.1, 0.5, 1)))
+    print("of which Kafka's acknowledgements: " + ", ".join(
+        f"{share:.2%} within {bound * 1000:g} ms" for bound, share in sorted(acked.items()) if bound in (0.1, 0.5, 1)))
+    print(f"  {'kind':<10} what the attackers saw (of the connections the bridge ended: how long they lasted, how)")
     for kind in KINDS:
         print(f"  {kind:<10} {attack.get(kind)}")
-    print(f"  {'kind':<10} what the attackers saw (connections the bridge ended: how long they lasted, how they "
-          "ended)")
     print(f"bridge RSS: {before:.0f} MB before, {max((s[1] for s in samples), default=now):.0f} MB highest sampled, "
           f"{peak:.0f} MB peak (VmHWM), {now:.0f} MB at the end; open files highest "
           f"{max((s[2] for s in samples), default=0)}")
+    print(f"CPU, cores on average over the run (of {os.cpu_count()}): "
+          + ", ".join(f"{name} {used:.2f}" for name, used in cores.items()))
     for name, value in sorted(metrics.items()):
         print(f"  {name} {value:g}")
     return 0 if not summary.failures else 1
@@ -263,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between an attacker's bytes")
     parser.add_argument("--ramp", type=float, default=15.0, help="seconds over which the connections are opened")
     parser.add_argument("--agents", type=int, default=200, help="gateway agents pushing meanwhile")
+    parser.add_argument("--pin", action="store_true", help="the bridge alone on core 0; the attackers, the gateway "
+                        "and Kafka on core 1 (their CPU then does not delay the bridge)")
     parser.add_argument("--bridge-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra setting for the bridge (repeatable)")
     parser.add_argument("--attack-port", type=int, help=argparse.SUPPRESS)
@@ -276,6 +309,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration is 1-600 s and --connections at most 100,000")
 
     limit = raise_fd_limit()
+    bridge_setup = raise_fd_limit
+    if args.pin:
+        if (os.cpu_count() or 1) < 2:
+            parser.error("--pin needs 2 cores")
+        os.sched_setaffinity(0, {1})  # inherited by Kafka and the attackers
+
+        def bridge_setup() -> int:
+            os.sched_setaffinity(0, {0})
+            return raise_fd_limit()
     counts = {kind: getattr(args, kind) if getattr(args, kind) is not None else round(args.connections * SPLIT[kind])
               for kind in KINDS}
     if sum(counts.values()) + SPARE_FDS > limit:
@@ -289,10 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         env = {**broker.bridge_env(), "BRIDGE_TOPIC": "bench.slowloris", "BRIDGE_SERVICE_TOKENS": TOKEN,
                "BRIDGE_CREATE_TOPICS": "true", "BRIDGE_PUSH_LOG_LEVEL": "debug",
                **dict(pair.split("=", 1) for pair in args.bridge_env)}
-        bridge = BridgeProcess(env, tls, preexec_fn=raise_fd_limit)
+        bridge = BridgeProcess(env, tls, preexec_fn=bridge_setup)
         try:
             bridge.start(work)
-            return asyncio.run(measure(args, bridge, str(tls / "ca.pem"), counts))
+            return asyncio.run(measure(args, bridge, broker.pid, str(tls / "ca.pem"), counts))
         finally:
             bridge.stop()
             broker.stop()
