@@ -107,8 +107,7 @@ class BridgeConfig(uvicorn.Config):
     connection limits and the table of the port's connections (`name`: the port, for metrics)."""
 
     def __init__(self, app: Any, *, name: str, max_header_bytes: int, limits: Limits, **options: Any) -> None:
-        super().__init__(app, http=BoundedProtocol, timeout_keep_alive=max(1, round(limits.idle_timeout_s)),
-                         **options)
+        super().__init__(app, http=BoundedProtocol, **options)
         self.max_header_bytes = max_header_bytes
         self.limits = limits
         self.connections = Connections(limits, name)
@@ -182,6 +181,11 @@ class BoundedProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         super().send_400_response(msg)
         self._enter(CLOSING)
+
+    def shutdown(self) -> None:
+        super().shutdown()  # the server stops: idle connections are closed, the others after their answer
+        if self.transport.is_closing():
+            self._enter(CLOSING)
 
     # -- parser and application events, in the order of a request --------------------------------
 
