@@ -3,13 +3,18 @@ refusal reasons, configured topics, thresholds): never a workNo, a Guid or anyth
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .connections import CUT_REASONS, PHASES
 
 if TYPE_CHECKING:
+    from .connections import Connections
     from .risk import AgentRisk
     from .spool import Spool
 
@@ -37,7 +42,8 @@ class Metrics:
         self.publish_seconds = Histogram("bridge_kafka_publish_duration_seconds",
                                          "Time from the first append to Kafka's acknowledgement of a push.",
                                          buckets=LATENCY_BUCKETS, registry=registry)
-        self.inflight = Gauge("bridge_inflight_pushes", "Pushes being processed now.", registry=registry)
+        self.inflight = Gauge("bridge_inflight_pushes", "Pushes being kept now: received whole, not yet answered.",
+                              registry=registry)
         self.kafka_connected = Gauge("bridge_kafka_connected",
                                      "1 while the last Kafka health check succeeded, else 0.", registry=registry)
         self.spooled = Counter("bridge_spooled_pushes", "Pushes kept in the outage spool.", registry=registry)
@@ -107,3 +113,31 @@ class Metrics:
     def watch_risk(self, risk: AgentRisk) -> None:
         for seconds in RISK_THRESHOLDS_S:
             self.agents_failing.labels(f"{seconds}s").set_function(partial(risk.failing_longer_than, seconds))
+
+    def watch_connections(self, *tables: Connections) -> None:
+        """Connection figures read from the ports' tables at each scrape (the tables keep plain counts)."""
+        self.registry.register(ConnectionFigures(tables))
+
+
+class ConnectionFigures(Collector):
+    """bridge_connections_open{port,phase}, bridge_connections_accepted_total{port} and
+    bridge_connections_cut_total{port,reason}, from the connection tables of the ports."""
+
+    def __init__(self, tables: tuple[Connections, ...]) -> None:
+        self._tables = tables
+
+    def collect(self) -> Iterator[Metric]:
+        opened = GaugeMetricFamily("bridge_connections_open", "Open connections, by port and phase.",
+                                   labels=["port", "phase"])
+        accepted = CounterMetricFamily("bridge_connections_accepted", "Connections accepted, by port.",
+                                       labels=["port"])
+        cut = CounterMetricFamily("bridge_connections_cut", "Connections the bridge closed (a deadline passed, or "
+                                  "room was made above the bound) or refused (above the bound), by port and reason.",
+                                  labels=["port", "reason"])
+        for table in self._tables:
+            for number, phase in enumerate(PHASES):
+                opened.add_metric([table.port, phase], table.count(number))
+            accepted.add_metric([table.port], table.accepted)
+            for reason in CUT_REASONS:
+                cut.add_metric([table.port, reason], table.cuts[reason])
+        yield from (opened, accepted, cut)

@@ -1,9 +1,9 @@
 """The push endpoint: one ASGI app for the push path, reading top to bottom as the push travels.
 
-    admit (method, Guid and service_token, in-flight bound)
- -> receive the body (size bound)
+    admit (method, Guid and service_token)
+ -> receive the body (size bound; its deadline is the connection's, bridge/connections.py)
  -> parse (content type, the push contract), check the routing, build the records
- -> keep (Kafka, or the spool; malformed pushes into the dead-letter topic)
+ -> keep (in-flight bound; Kafka, or the spool; malformed pushes into the dead-letter topic)
  -> finish (the answer, metrics, the agent's risk streak, one `pushEvent` log line)
 
 Every exit answers the two-field JSON body; nothing escapes as a 500. A malformed push from an
@@ -129,8 +129,6 @@ class PushEndpoint:
         request = Request.of(scope, self._route_header)
         outcome: dict[str, Any] = {"operation": "pushEvent", "guid": mask_guid(request.guid), "workNo": None,
                                    "events": None}
-        self._inflight += 1
-        self._metrics.inflight.inc()
         try:
             self._admit(request)
             records = await self._read(request, receive, outcome)
@@ -145,9 +143,6 @@ class PushEndpoint:
             log.exception("pushEvent failed unexpectedly", extra={"fields": outcome})
             await self._finish(send, protocol.unavailable("internal error", "internal"), outcome, started)
             return
-        finally:
-            self._inflight -= 1
-            self._metrics.inflight.dec()
         await self._finish(send, None, outcome, started)
 
     # -- the stages, in the order a push goes through them -------------------------------------
@@ -157,9 +152,6 @@ class PushEndpoint:
             raise Refusal(405, protocol.WRONG_METHOD, f"method {request.method} is not allowed; use POST",
                           "method", ((b"allow", b"POST"),))
         request.node = self._auth.check(request.guid, request.token)
-        if self._inflight > self._settings.max_inflight_pushes:
-            raise protocol.unavailable(f"{self._settings.max_inflight_pushes} pushes are already in flight",
-                                       "overloaded", retry_after_s=1)
 
     async def _read(self, request: Request, receive: Receive, outcome: dict[str, Any]) -> list[Record] | None:
         """The push's records (None if the gateway hung up): its well-formed events, plus the whole
@@ -208,11 +200,21 @@ class PushEndpoint:
                            {"operation": "pushEvent", "workNo": work_no, "problem": kind, **fields})
 
     async def _keep(self, request: Request, records: list[Record], outcome: dict[str, Any]) -> None:
+        """Hand the records to delivery, within the in-flight bound: it counts pushes received whole,
+        so bodies still arriving (slowly, perhaps on purpose) never take a slot from the gateway."""
+        if self._inflight >= self._settings.max_inflight_pushes:
+            raise protocol.unavailable(f"{self._settings.max_inflight_pushes} pushes are already in flight",
+                                       "overloaded", retry_after_s=1)
+        self._inflight += 1
+        self._metrics.inflight.inc()
         try:
             if await self._delivery.keep(records):
                 outcome["spooled"] = True
         except Unavailable as exc:
             raise protocol.unavailable(str(exc), "kafka") from None
+        finally:
+            self._inflight -= 1
+            self._metrics.inflight.dec()
         if request.quarantined is not None:  # counted once kept
             self._metrics.dead_letters.inc()
             self._metrics.quarantined.labels(request.quarantined).inc()

@@ -219,7 +219,9 @@ class Settings:
     max_header_bytes: int = setting(16_384, "largest accepted request line plus headers", within=(1024, 1_048_576))
     max_events_per_push: int = setting(1000, "most events accepted in one push", within=(1, 100_000))
     max_inflight_pushes: int = setting(
-        1000, "pushes processed at once by one process; more are refused with 503", within=(1, 1_000_000))
+        1000, "pushes being kept at once by one process (received whole, waiting for Kafka or the spool); more are "
+        "refused with 503. Bodies still arriving do not count: the connection bound and deadlines hold those",
+        within=(1, 1_000_000))
     publish_timeout_s: float = setting(
         5.0, "longest wait for Kafka's acknowledgement before the push is spooled (or, with no spool, answered 503)",
         within=(0.1, 60.0), shown=f"{{default}}; `{SPOOLED_PUBLISH_TIMEOUT_S:g}` with a spool")
@@ -228,6 +230,27 @@ class Settings:
     exit_drain_timeout_s: float = setting(
         60.0, "on SIGTERM, once in-flight pushes finished: how long the bridge keeps delivering its spool while "
         "Kafka is usable before it exits (what is left stays on its volume)", within=(0.0, 3600.0))
+
+    # Connections: deadlines and bounds (docs/push-endpoint.md#slow-and-idle-connections)
+    max_connections: int = setting(
+        4096, "open connections of the push port, counted from accept; above it a new connection closes an idle "
+        "one or the slowest unfinished head or handshake, never one whose request has arrived; if none, it is "
+        "refused", within=(16, 1_000_000))
+    management_max_connections: int = setting(64, "open connections of the management port", within=(4, 100_000))
+    tls_handshake_timeout_s: float = setting(
+        5.0, "longest TLS handshake (and TLS close) of the push port", within=(0.5, 60.0))
+    head_timeout_s: float = setting(
+        10.0, "longest time for a request head to arrive, from its first byte (on a new connection, from the "
+        "connection's start); past it the answer is 408 and the connection is closed", within=(0.5, 300.0))
+    body_timeout_s: float = setting(
+        10.0, "longest time for a request body to arrive after its head, plus 1 s per "
+        "`BRIDGE_BODY_MIN_BYTES_PER_S` bytes received; past it the answer is 408 and the connection is closed",
+        within=(0.5, 300.0))
+    body_min_bytes_per_s: int = setting(
+        8192, "the slowest body that gets more time than `BRIDGE_BODY_TIMEOUT_S`, in bytes per second",
+        within=(1, 1 << 30))
+    keepalive_timeout_s: float = setting(
+        65.0, "how long a kept-alive connection may stay idle between requests", within=(1.0, 3600.0))
 
     # Logs
     log_level: LogLevel = setting("info", "level of the log: {choices}")
