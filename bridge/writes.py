@@ -65,12 +65,15 @@ class Writes:
     async def batched(self, records: list[Record]) -> None:
         producer = self._supervisor.producer
         assert producer is not None  # the caller found the supervisor ready, and nothing awaited since
-        cluster = producer.client.cluster
+        # A batch names its partition, so each topic's partitions must be known first: a producer
+        # made after a broker restart has no metadata yet, and guessing would put an agent's
+        # records on a partition other than its own (out of order for its subscribers).
+        known = {topic: sorted(await producer.partitions_for(topic)) for topic in {r.topic for r in records}}
         builders: dict[tuple[str, int], BatchBuilder] = {}
         futures = []
         for r, partition in zip(records, partitions_of(producer, records), strict=False):
             if partition is None:  # no key (a dead letter): any partition
-                partition = random.choice(sorted(cluster.partitions_for_topic(r.topic) or (0,)))
+                partition = random.choice(known[r.topic])
             builder = builders.get((r.topic, partition))
             if builder is None or builder.append(timestamp=None, key=r.key, value=r.value, headers=r.headers) is None:
                 if builder is not None:  # full: send it, start the next one
