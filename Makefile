@@ -23,7 +23,7 @@ lint: venv
 unit: venv npm
 	$(VENV)/bin/pytest tests/unit
 
-# The container test: the image built from the Dockerfile and the compose project (Kafka, two
+# The container test: the image built from the Dockerfile and the compose project (Kafka, three
 # bridge replicas, the router) run in the project's own podman, which it installs from
 # Debian's packages when missing (root only: deploy/containers/setup-engine.sh). Skipped where
 # no engine can be set up, except under CI (the CI variable set), where that is a failure.

@@ -1,4 +1,4 @@
-"""The compose project, run for real: the project's image built from its Dockerfile, Kafka, two
+"""The compose project, run for real: the project's image built from its Dockerfile, Kafka, three
 bridge replicas and the router, in a private podman (see engine.py and standins.py).
 
 The project runs from a scratch copy of the files compose reads, with real TLS material and a
@@ -25,11 +25,10 @@ from bench._cluster import free_port, make_tls
 
 from . import engine as engines
 from . import standins
-from .stack import Stack
+from .stack import REPLICAS, Stack
 
 TOKEN = "container-test-token"
 IMAGE = "localhost/cc-gateway-bridge:local"  # the name docker-compose.yml gives the bridge's image
-REPLICAS = 2
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +97,7 @@ def remove_leftovers(engine: engines.Engine, prefix: str, older_than_s: float = 
                 engine.podman(kind, "rm", "-f", *names, check=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(engine, tmp_path_factory) -> Stack:
     prefix = "ccbridge-ctest-"
     remove_leftovers(engine, prefix)

@@ -18,6 +18,7 @@ from bench._cluster import PUSH_PATH, ROUTER_LINE, RouterRequest
 
 from .engine import Engine, Project
 
+REPLICAS = 3  # bridge replicas the project runs with (scenarios may add one for a while)
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 # GET a URL from inside a bridge container (its management port, or the router's on the compose

@@ -1,0 +1,58 @@
+"""What the container tests share: the gateway (bench.simulate's Simulator) aimed at the project's
+router, polling, the bridges' spools, and reading every record back to compare with a ledger."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.simulate import Ledger, SimSettings, Simulator
+from bench.verify import Figures, compare, read_topics
+
+from .stack import Stack
+
+TOPIC = "cc.agent.events"
+
+
+def gateway(stack: Stack, ledger: Ledger, **overrides: Any) -> Simulator:
+    """A gateway pushing through the router. The defaults are the short form (1 s retries); the
+    scenarios pass the gateway's real timings (10 s retries, sign-out after 120 s of failures)."""
+    settings = {"url": stack.push_url, "agents": 16, "duration_s": 180.0, "cafile": str(stack.tls / "ca.pem"),
+                "token": stack.token, "retry_interval_s": 1.0, "timeout_s": 10.0, "signout_after_s": 90.0,
+                "think_s": (0.2, 0.8), "drain_s": 40.0}
+    settings.update(overrides)
+    return Simulator(SimSettings(**settings), ledger)
+
+
+async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `check` (a blocking call, run in a thread) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await asyncio.to_thread(check)
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {timeout:.0f}s: {what}")
+        await asyncio.sleep(0.5)
+
+
+def undelivered(stack: Stack) -> dict[str, float]:
+    """Per running replica: pushes its spool still holds (its own slot and the slots it adopted)
+    plus the slots nobody serves that it can see (each counts as one)."""
+    found = {}
+    for bridge in stack.containers("bridge"):
+        m = stack.metrics(bridge)
+        found[bridge] = (m.get("bridge_spool_entries", 1.0) + m.get("bridge_spool_adopted_entries", 0.0)
+                         + m.get("bridge_spool_orphaned_slots", 0.0))
+    return found
+
+
+async def spools_delivered(stack: Stack, timeout: float = 120) -> None:
+    await until(lambda: not any(undelivered(stack).values()), timeout,
+                "every spool of the shared volume delivered to Kafka")
+
+
+async def read_back(stack: Stack, ledger: Ledger) -> Figures:
+    """Every record of the topic, partition by partition in offset order, against the ledger."""
+    return compare(ledger, await read_topics(stack.kafka_options(), [TOPIC], 180))

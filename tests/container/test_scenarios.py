@@ -1,0 +1,165 @@
+"""Scale-out under the gateway's real timings: 200 agents, each pushing one request at a time,
+retrying a failed push every 10 s and signed out after 120 s of failures, through the router to
+three replicas sharing one spool volume. Each scenario runs its own agents, then waits until
+every spool is delivered and reads the whole topic back in offset order:
+
+a. Kafka down for 60 s;
+b. one replica killed (SIGKILL) under load, started again 30 s later;
+c. scaled 3 -> 4 -> 3 under load (compose's --scale: the fourth replica joins, then is stopped
+   with SIGTERM and removed);
+d. Kafka down, a replica killed while its spool holds pushes, Kafka back, the replica back 30 s
+   after its death.
+
+Each must end with nothing lost, no agent signed out and no agent with an event out of offset
+order (repeated ce_id values dropped first). Longer and larger forms: `python -m bench.faults`.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from bench.simulate import Ledger
+
+from .engine import HealthDriver
+from .gateway import gateway, read_back, spools_delivered, until
+from .stack import REPLICAS, Stack
+
+pytestmark = pytest.mark.container
+
+AGENTS = 200
+REAL_TIMINGS = {"agents": AGENTS, "retry_interval_s": 10.0, "signout_after_s": 120.0, "timeout_s": 8.0,
+                "think_s": (0.5, 2.5), "drain_s": 60.0, "duration_s": 900.0}
+OK_PUSHES = 'bridge_pushes_total{retcode="0"}'
+WARM_PUSHES = 2 * AGENTS  # every agent has pushed before the fault begins
+AFTER_S = 15.0            # the load goes on this long once the fault is over
+
+Fault = Callable[[Stack, Ledger], Awaitable[None]]
+
+
+async def scenario(stack: Stack, tmp_path, name: str, first_work_no: int, fault: Fault) -> None:
+    started = time.monotonic()
+    ledger = Ledger(tmp_path / f"{name}.jsonl")
+    sim = gateway(stack, ledger, first_work_no=first_work_no, **REAL_TIMINGS)
+    run = asyncio.create_task(sim.run())
+    try:
+        await until(lambda: sim.pushes_acked >= WARM_PUSHES or run.done(), 90, f"{WARM_PUSHES} pushes answered")
+        ledger.mark("fault")
+        await fault(stack, ledger)
+        ledger.mark("restored")
+        await asyncio.sleep(AFTER_S)
+    finally:
+        sim.stop()
+        summary = await run
+        ledger.close()
+    await stack_settled(stack)
+    await spools_delivered(stack)
+    figures = await read_back(stack, ledger)
+    print(f"\n{name}: {summary.line()}\n{name}: {figures.line()}\n{name}: took {time.monotonic() - started:.0f}s",
+          flush=True)
+    assert summary.agents == AGENTS and summary.pushes_acked > WARM_PUSHES, summary.line()
+    assert summary.signed_out == summary.abandoned == summary.events_unsent == 0, summary.line()
+    assert figures.lost == 0 and figures.events_found == figures.events_acked, figures.details()
+    assert figures.order_violations == 0 and figures.agents_out_of_order == 0, figures.details()
+
+
+async def stack_settled(stack: Stack) -> None:
+    """REPLICAS replicas running, ready and in the router's use (the next scenario starts from there)."""
+    await asyncio.to_thread(stack.wait_ready, REPLICAS, 120)
+
+
+def kafka_down(stack: Stack) -> Awaitable[object]:
+    return asyncio.to_thread(stack.engine.podman, "stop", "--time", "20", stack.container("kafka"))
+
+
+def kafka_up(stack: Stack) -> Awaitable[object]:
+    stopped = stack.containers("kafka", every=True)
+    assert len(stopped) == 1, stopped
+    return asyncio.to_thread(stack.engine.podman, "start", stopped[0])
+
+
+async def kill(stack: Stack, victim: str) -> None:
+    await asyncio.to_thread(stack.engine.podman, "kill", "--signal", "KILL", victim)
+    state = (await asyncio.to_thread(stack.engine.inspect, victim))["State"]
+    assert not state["Running"] and state["ExitCode"] == 137, f"{victim} after SIGKILL: {state}"
+
+
+async def start_again(stack: Stack, victim: str) -> None:
+    await asyncio.to_thread(stack.engine.podman, "start", victim)
+    await until(lambda: stack.management(victim, "/readyz")[0] == 200, 90, f"{victim} ready again")
+
+
+def scale(stack: Stack, replicas: int) -> None:
+    """compose's own scaling of the bridge service, leaving the other replicas as they are."""
+    with HealthDriver(stack.engine, stack.project):
+        stack.engine.compose(stack.project, "up", "--detach", "--no-build", "--no-recreate", "--no-deps",
+                             "--timeout", "95", "--scale", f"bridge={replicas}", "bridge", timeout=300)
+
+
+# -- the faults ----------------------------------------------------------------------------------
+
+async def outage(stack: Stack, ledger: Ledger) -> None:
+    await kafka_down(stack)
+    await asyncio.sleep(60)
+    spooled = {b: stack.metrics(b).get("bridge_spool_entries", 0.0) for b in stack.containers("bridge")}
+    assert sum(spooled.values()) > 0, f"Kafka has been down for 60 s and no replica spooled: {spooled}"
+    await kafka_up(stack)
+
+
+async def kill_and_return(stack: Stack, ledger: Ledger) -> None:
+    victim = stack.containers("bridge")[1]
+    killed = time.monotonic()
+    await kill(stack, victim)
+    await asyncio.sleep(30 - (time.monotonic() - killed))
+    await start_again(stack, victim)
+
+
+async def rescale(stack: Stack, ledger: Ledger) -> None:
+    before = set(stack.containers("bridge"))
+    await asyncio.to_thread(scale, stack, REPLICAS + 1)
+    await asyncio.to_thread(stack.wait_ready, REPLICAS + 1, 120)
+    joined = set(stack.containers("bridge")) - before
+    assert len(joined) == 1, f"scaling to {REPLICAS + 1} started {joined}"
+    newcomer = joined.pop()
+    await until(lambda: stack.metrics(newcomer).get(OK_PUSHES, 0.0) > 0, 60, f"pushes answered by {newcomer}")
+    await asyncio.sleep(15)
+    await asyncio.to_thread(scale, stack, REPLICAS)
+    assert len(stack.containers("bridge")) == REPLICAS
+
+
+async def outage_and_loss(stack: Stack, ledger: Ledger) -> None:
+    await kafka_down(stack)
+
+    def holder() -> str | None:
+        spooled = {b: stack.metrics(b).get("bridge_spool_entries", 0.0) for b in stack.containers("bridge")}
+        busiest = max(spooled, key=lambda b: spooled[b])
+        return busiest if spooled[busiest] >= 100 else None
+
+    victim = await until(holder, 60, "a replica holding 100 spooled pushes")
+    killed = time.monotonic()
+    await kill(stack, victim)
+    ledger.mark("sigkill")
+    await asyncio.sleep(10)
+    await kafka_up(stack)
+    await asyncio.sleep(30 - (time.monotonic() - killed))
+    await start_again(stack, victim)
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+async def test_a_kafka_down_for_60s(stack: Stack, tmp_path):
+    await scenario(stack, tmp_path, "a", 300001, outage)
+
+
+async def test_b_replica_killed_and_back_after_30s(stack: Stack, tmp_path):
+    await scenario(stack, tmp_path, "b", 310001, kill_and_return)
+
+
+async def test_c_scaled_3_to_4_to_3(stack: Stack, tmp_path):
+    await scenario(stack, tmp_path, "c", 320001, rescale)
+
+
+async def test_d_kafka_down_then_a_replica_holding_a_spool_killed(stack: Stack, tmp_path):
+    await scenario(stack, tmp_path, "d", 330001, outage_and_loss)
