@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from bench._cluster import ROUTER_LINE
 from bench.simulate import Ledger
 
 from .engine import HealthDriver
@@ -45,6 +46,7 @@ Fault = Callable[[Stack, Ledger], Awaitable[None]]
 
 
 async def scenario(stack: Stack, tmp_path, name: str, first_work_no: int, fault: Fault) -> None:
+    await stack_settled(stack)
     started = time.monotonic()
     ledger = Ledger(tmp_path / f"{name}.jsonl")
     sim = gateway(stack, ledger, first_work_no=first_work_no, **REAL_TIMINGS)
@@ -64,6 +66,8 @@ async def scenario(stack: Stack, tmp_path, name: str, first_work_no: int, fault:
     figures = await read_back(stack, ledger)
     print(f"\n{name}: {summary.line()}\n{name}: {figures.line()}\n{name}: took {time.monotonic() - started:.0f}s",
           flush=True)
+    for at, text in await asyncio.to_thread(router_failures, stack, ledger.entries[0]["t"]):
+        print(f"{name}: router {at:.1f} {text}", flush=True)
     assert summary.agents == AGENTS and summary.pushes_acked > WARM_PUSHES, summary.line()
     assert summary.signed_out == summary.abandoned == summary.events_unsent == 0, summary.line()
     assert figures.lost == 0 and figures.events_found == figures.events_acked, figures.details()
@@ -73,6 +77,14 @@ async def scenario(stack: Stack, tmp_path, name: str, first_work_no: int, fault:
 async def stack_settled(stack: Stack) -> None:
     """REPLICAS replicas running, ready and in the router's use (the next scenario starts from there)."""
     await asyncio.to_thread(stack.wait_ready, REPLICAS, 120)
+
+
+def router_failures(stack: Stack, since: float, most: int = 8) -> list[tuple[float, str]]:
+    """The router's log lines since `since` about pushes it did not answer 200 (the first `most`)
+    and the replicas' state changes, for the output when a scenario fails."""
+    found = [(at, text) for at, text in stack.router_log() if at >= since and
+             ("is DOWN" in text or "is UP" in text or (ROUTER_LINE.match(text) and " 200 " not in text))]
+    return found[:most]
 
 
 def kafka_down(stack: Stack) -> Awaitable[object]:
