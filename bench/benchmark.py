@@ -1,6 +1,7 @@
 """The benchmark: the bridge against its own ceilings, measured in one run on this machine.
 
-    python -m bench.benchmark [--quick] [--profile] [--workers N] [--conns N] [--json FILE] [--keep]
+    python -m bench.benchmark [--quick] [--profile] [--workers N] [--conns N] [--replicas 1,2,3]
+                              [--json FILE] [--keep]
 
 It starts everything it needs and stops it again: TLS material and a real single-node Kafka
 broker (mutual TLS, as the integration tests use it) in a temporary directory on free loopback
@@ -21,7 +22,8 @@ of 5, 1 and 50 events. For the bridge also: latency at a fixed offered load of h
 saturation (open loop; a push that waits for a free connection counts the wait), with the two
 ceilings at that same load to split the latency into its HTTP and Kafka shares; bridge and naive
 at 16 and 256 connections; throughput and memory with 10, 1,000 and 100,000 distinct agents;
-with --profile, where the saturated bridge spends its time (py-spy). Alongside each figure it
+with --profile, where the saturated bridge spends its time (py-spy); last, 1, 2 and 3 replicas behind
+the shipped agent-affine router (bench/replicas.py, --replicas). Alongside each figure it
 reports the CPU used, in cores, by the server, the broker, the load generator and everything
 else on the machine, because on a shared 2-core machine those decide what the figures mean.
 """
@@ -41,9 +43,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self
 
 from ._cluster import ROOT, BridgeProcess, Broker, free_port, make_tls
 from .events import write_bodies
@@ -205,6 +209,19 @@ class Group:
         return {"rss_mb": sum(m["rss_mb"] for m in per), "peak_mb": sum(m["peak_mb"] for m in per)}
 
 
+class Target(Protocol):
+    """What the generator is pointed at: the URLs it spreads its connections over, and the
+    processes whose CPU and memory count as the system measured (a Group, or replicas behind a router)."""
+
+    @property
+    def urls(self) -> list[str]: ...
+
+    @property
+    def pids(self) -> list[int]: ...
+
+    def memory(self) -> dict[str, float]: ...
+
+
 # ---------------------------------------------------------------------------------------------
 # The load generator
 
@@ -252,16 +269,19 @@ class Bench:
     env: dict[str, str]
     logs: Path
     bodies: dict[tuple[int, int], Path]  # (events per push, agents) -> file
+    broker: Broker
     running: list[Group] = field(default_factory=list)
 
     def group(self, module: str) -> Group:
         return Group(module, self.env, self.tls, self.logs, self.workers, self.running)
 
-    def load(self, target: Group, body_file: Path, *, rate: float | None = None,
-             window_s: float | None = None, conns: int | None = None, cover_up_to_s: float | None = None) -> dict:
+    def load(self, target: Target, body_file: Path, *, rate: float | None = None,
+             window_s: float | None = None, conns: int | None = None, cover_up_to_s: float | None = None,
+             also: dict[str, list[int]] | None = None) -> dict:
         """Run the generator against `target`; return its figures plus the CPU used over its window.
 
-        `cover_up_to_s`: let the window grow (up to that long) until every body was sent once."""
+        `cover_up_to_s`: let the window grow (up to that long) until every body was sent once.
+        `also`: other processes whose CPU to report, as `<name>_cpu` (a router, say)."""
         window_s = window_s or self.plan.window_s
         warmup_s = self.plan.warmup_s
         command = [str(self.loadgen), "-cacert", str(self.tls / "ca.pem"),
@@ -275,7 +295,7 @@ class Bench:
         if cover_up_to_s:
             command += ["-cover", "-max-duration", f"{cover_up_to_s}s"]
         generator = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        usage = Usage({"server": target.pids, "broker": [self.broker_pid]})
+        usage = Usage({"server": target.pids, "broker": [self.broker_pid], **(also or {})})
         used: dict = {}
         other_lines = []
         # The generator announces its window on stderr; sample the other processes' CPU then.
@@ -298,8 +318,8 @@ class Bench:
             raise RuntimeError(f"load generator failed ({generator.returncode}): {problem[-2000:]}")
         result = json.loads(out)
         result.update(used, gen_cpu=result["cpu_cores"], **target.memory())
-        result["other_cpu"] = max(0.0, used["machine_cpu"] - used["server_cpu"] - used["broker_cpu"]
-                                  - result["gen_cpu"])
+        result["other_cpu"] = max(0.0, used["machine_cpu"] - result["gen_cpu"]
+                                  - sum(v for k, v in used.items() if k != "machine_cpu"))
         return result
 
     def producer_ceiling(self, body_file: Path, rate: float | None = None, window_s: float | None = None) -> dict:
@@ -824,38 +844,11 @@ def measure(bench: Bench, profile: bool, broker: Broker) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 5-event pushes only, short windows")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes per server (each on its own port; the generator spreads over them)")
-    parser.add_argument("--conns", type=int, default=64, help="generator connections (in-flight pushes)")
-    parser.add_argument("--profile", action="store_true", help="also sample the saturated bridge with py-spy")
-    parser.add_argument("--json", type=Path, help="also write every figure to this file")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary directory (server and broker logs) instead of removing it")
-    parser.add_argument("--pin", action="store_true",
-                        help="give the measured server core 0 alone; broker and generator share core 1")
-    parser.add_argument("--bridge-env", action="append", default=[], metavar="BRIDGE_X=VALUE",
-                        help="an extra setting for every server measured, e.g. BRIDGE_ATOMIC_PUSHES=true (repeatable)")
-    args = parser.parse_args(argv)
-    extra = dict(item.split("=", 1) for item in args.bridge_env if "=" in item)
-    if any(not name.startswith("BRIDGE_") for name in extra) or len(extra) != len(args.bridge_env):
-        parser.error("--bridge-env takes BRIDGE_NAME=VALUE")
-    if args.workers < 1 or args.conns < args.workers:
-        parser.error("--workers must be at least 1 and --conns at least --workers")
-    plan = QUICK if args.quick else FULL
-    if args.pin:
-        if NCPU < 2 or args.workers != 1:
-            parser.error("--pin needs 2 cores and --workers 1")
-        global SERVER_CPUS
-        SERVER_CPUS = {0}
-        os.sched_setaffinity(0, {1})
-    # A SIGTERM (make interrupted, CI time-out) unwinds through the finally blocks below.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    started = time.monotonic()
-    loadavg = " ".join(f"{v:.2f}" for v in os.getloadavg())
+@contextmanager
+def environment(plan: Plan, conns: int, workers: int, extra: dict[str, str], keep: bool) -> Iterator[Bench]:
+    """Everything a run needs, started here and stopped again on the way out: the load generator
+    (built if need be), TLS material, the broker and its topic, the push bodies of `plan`, the
+    servers' settings (plus `extra`). The broker is `bench.broker`."""
     loadgen = loadgen_binary()
     workdir = Path(tempfile.mkdtemp(prefix="cc-bridge-bench-"))
     tls = make_tls(workdir / "tls")
@@ -880,31 +873,87 @@ def main(argv: list[str] | None = None) -> int:
         env.update(extra)
         logs = workdir / "logs"
         logs.mkdir()
-        bench = Bench(plan, loadgen, tls, args.conns, args.workers, broker.pid, env, logs, bodies)
-        results = measure(bench, args.profile, broker)
-        results["machine"] = {"quick": args.quick, "cpus": NCPU, "loadavg_before": loadavg,
-                              "loadavg_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-                              "python": sys.version.split()[0], "seconds": round(time.monotonic() - started)}
-        text = report(results, plan, args.workers, args.conns)
-        print()
-        print(text)
-        print(f"\n(load average after: {results['machine']['loadavg_after']}; "
-              f"run took {results['machine']['seconds']} s)")
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str))
-        return 0
-    except RuntimeError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
+        bench = Bench(plan, loadgen, tls, conns, workers, broker.pid, env, logs, bodies, broker)
+        yield bench
     finally:
         if bench is not None:
             for group in bench.running:
                 group.stop()
         broker.stop()
-        if args.keep:
+        if keep:
             print(f"bench: logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def machine(quick: bool, loadavg: str, started: float) -> dict:
+    """The machine and the run, for the report's heading and the JSON."""
+    return {"quick": quick, "cpus": NCPU, "loadavg_before": loadavg,
+            "loadavg_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+            "python": sys.version.split()[0], "seconds": round(time.monotonic() - started)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import replicas  # it imports this module
+
+    parser = argparse.ArgumentParser(prog="python -m bench.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 5-event pushes only, short windows")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes per server (each on its own port; the generator spreads over them)")
+    parser.add_argument("--conns", type=int, default=64, help="generator connections (in-flight pushes)")
+    parser.add_argument("--profile", action="store_true", help="also sample the saturated bridge with py-spy")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (server and broker logs) instead of removing it")
+    parser.add_argument("--pin", action="store_true",
+                        help="give the measured server core 0 alone; broker and generator share core 1")
+    parser.add_argument("--bridge-env", action="append", default=[], metavar="BRIDGE_X=VALUE",
+                        help="an extra setting for every server measured, e.g. BRIDGE_ATOMIC_PUSHES=true (repeatable)")
+    parser.add_argument("--replicas", metavar="1,2,3",
+                        help="replica counts measured behind the shipped router (default 1,2,3; 1,2 with --quick; "
+                             "'none' to leave the table out)")
+    args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.bridge_env if "=" in item)
+    if any(not name.startswith("BRIDGE_") for name in extra) or len(extra) != len(args.bridge_env):
+        parser.error("--bridge-env takes BRIDGE_NAME=VALUE")
+    if args.workers < 1 or args.conns < args.workers:
+        parser.error("--workers must be at least 1 and --conns at least --workers")
+    plan = QUICK if args.quick else FULL
+    if args.pin:
+        if NCPU < 2 or args.workers != 1:
+            parser.error("--pin needs 2 cores and --workers 1")
+        global SERVER_CPUS
+        SERVER_CPUS = {0}
+        os.sched_setaffinity(0, {1})
+    counts = replicas.parse_counts(args.replicas, args.quick)
+    if counts and args.pin:
+        print("bench: --pin measures one process; the replica table is left out", flush=True)
+        counts = []
+    # A SIGTERM (make interrupted, CI time-out) unwinds through the finally blocks below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    loadavg = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    try:
+        with environment(plan, args.conns, args.workers, extra, args.keep) as bench:
+            results = measure(bench, args.profile, bench.broker)
+            if counts:
+                results["replicas"] = replicas.measure(bench, counts, bench.bodies[(plan.mixes[0], plan.pool_agents)],
+                                                       warm=True)
+            results["machine"] = machine(args.quick, loadavg, started)
+            text = report(results, plan, args.workers, args.conns)
+            if counts:
+                text += "\n\n" + replicas.report(results["replicas"], bench.conns)
+            print()
+            print(text)
+            print(f"\n(load average after: {results['machine']['loadavg_after']}; "
+                  f"run took {results['machine']['seconds']} s)")
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2, default=str))
+            return 0
+    except RuntimeError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
