@@ -500,7 +500,7 @@ ROUTER_TLS_NAME = "localhost"  # the name make_tls's certificate carries (REPLIC
 SHIPPED_SERVER = re.compile(r'^[ \t]*server bridge(\d+) "\$\{ROUTER_PROJECT\}-bridge-(\d+):8043" id (\d+)[ \t]*\n', re.M)
 # One request line of the router's log (its log-format in router.cfg).
 ROUTER_LINE = re.compile(r'^(?P<client>[\d.]+:\d+) \[(?P<date>[^\]]+)\] (?P<frontend>\S+) (?P<backend>[^/\s]+)/(?P<server>\S+) '
-                         r'\S+ (?P<status>-?\d+) \S+ (?P<termination>\S+) \S+/\S+/\S+/\S+/(?P<retries>\+?\d+) \S+ '
+                         r'(?P<timers>\S+) (?P<status>-?\d+) \S+ (?P<termination>\S+) \S+/\S+/\S+/\S+/(?P<retries>\+?\d+) \S+ '
                          r'key="(?P<key>[^"]*)" "(?P<request>[^"]*)"$')
 
 

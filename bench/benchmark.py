@@ -265,12 +265,18 @@ class Bench:
     tls: Path
     conns: int
     workers: int
-    broker_pid: int
     env: dict[str, str]
     logs: Path
     bodies: dict[tuple[int, int], Path]  # (events per push, agents) -> file
     broker: Broker
     running: list[Group] = field(default_factory=list)
+
+    @property
+    def broker_pids(self) -> list[int]:
+        """The broker's process (none while it is stopped): read when a load starts, so a restart
+        needs no bookkeeping."""
+        pid = self.broker.pid
+        return [] if pid is None else [pid]
 
     def group(self, module: str) -> Group:
         return Group(module, self.env, self.tls, self.logs, self.workers, self.running)
@@ -295,7 +301,7 @@ class Bench:
         if cover_up_to_s:
             command += ["-cover", "-max-duration", f"{cover_up_to_s}s"]
         generator = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        usage = Usage({"server": target.pids, "broker": [self.broker_pid], **(also or {})})
+        usage = Usage({"server": target.pids, "broker": self.broker_pids, **(also or {})})
         used: dict = {}
         other_lines = []
         # The generator announces its window on stderr; sample the other processes' CPU then.
@@ -343,7 +349,7 @@ class Bench:
                 if not selector.select(max(0.0, deadline - time.monotonic())):
                     break
                 proc.stdout.readline()
-        usage = Usage({"server": [p.pid for p in procs], "broker": [self.broker_pid]})
+        usage = Usage({"server": [p.pid for p in procs], "broker": self.broker_pids})
         time.sleep(self.plan.warmup_s)
         usage.start()
         time.sleep(window_s)
@@ -734,14 +740,11 @@ def watch_drain(bridge: Group, backlog: int, timeout_s: float = 300.0) -> dict:
             "per_s": first[1] / took if took > 0 else None}  # what was left once delivery began
 
 
-def measure_spool(bench: Bench, broker: Broker, body_file: Path, half_rate: float) -> dict:
+def measure_spool(bench: Bench, body_file: Path, half_rate: float) -> dict:
     """Outage mode: saturation while Kafka is down (every push spooled), the drain rate once it is
     back with no load, and a 50% load while a backlog drains."""
     spooled: dict = {}
-
-    def restart_broker() -> None:
-        broker.start()
-        bench.broker_pid = broker.pid
+    broker = bench.broker
 
     env = {**bench.env, "BRIDGE_SPOOL_DIR": str(bench.logs.parent / "spool")}
     with Group(BRIDGE, env, bench.tls, bench.logs, 1, bench.running) as bridge:
@@ -751,7 +754,7 @@ def measure_spool(bench: Bench, broker: Broker, body_file: Path, half_rate: floa
         spooled["spooling"] = bench.load(bridge, body_file)
         backlog = bridge.members[0].readiness()["spool"]["entries"]
         print(f"bench: spool: Kafka back, draining {backlog} pushes with no load", flush=True)
-        restart_broker()
+        broker.start()
         spooled["drain"] = watch_drain(bridge, backlog)
         if half_rate > 0:
             print(f"bench: spool: Kafka stopped, {half_rate:.0f} pushes/s for {bench.plan.latency_window_s:g} s",
@@ -761,14 +764,14 @@ def measure_spool(bench: Bench, broker: Broker, body_file: Path, half_rate: floa
             bench.load(bridge, body_file, rate=half_rate, window_s=bench.plan.latency_window_s)
             backlog = bridge.members[0].readiness()["spool"]["entries"]
             print(f"bench: spool: Kafka back, {half_rate:.0f} pushes/s while {backlog} pushes drain", flush=True)
-            restart_broker()
+            broker.start()
             spooled["draining"] = bench.load(bridge, body_file, rate=half_rate, window_s=bench.plan.latency_window_s)
             _took, _ = wait_mode(bridge, "direct")
             spooled["draining"]["backlog"] = backlog
     return spooled
 
 
-def measure(bench: Bench, profile: bool, broker: Broker) -> dict:
+def measure(bench: Bench, profile: bool) -> dict:
     plan = bench.plan
     results: dict = {"mixes": {str(e): {} for e in plan.mixes}, "agents": {}, "sweep": {"bridge": {}, "naive": {}}}
 
@@ -805,7 +808,7 @@ def measure(bench: Bench, profile: bool, broker: Broker) -> dict:
 
     first = plan.mixes[0]
     half_rate = results["mixes"][str(first)]["bridge"]["ok_per_s"] / 2
-    results["spool"] = measure_spool(bench, broker, pool[first], half_rate)
+    results["spool"] = measure_spool(bench, pool[first], half_rate)
     with bench.group("bench.http_ceiling") as http:
         for events in plan.mixes:
             step(f"HTTP ceiling, {events} events/push")
@@ -873,7 +876,7 @@ def environment(plan: Plan, conns: int, workers: int, extra: dict[str, str], kee
         env.update(extra)
         logs = workdir / "logs"
         logs.mkdir()
-        bench = Bench(plan, loadgen, tls, conns, workers, broker.pid, env, logs, bodies, broker)
+        bench = Bench(plan, loadgen, tls, conns, workers, env, logs, bodies, broker)
         yield bench
     finally:
         if bench is not None:
@@ -936,7 +939,7 @@ def main(argv: list[str] | None = None) -> int:
     loadavg = " ".join(f"{v:.2f}" for v in os.getloadavg())
     try:
         with environment(plan, args.conns, args.workers, extra, args.keep) as bench:
-            results = measure(bench, args.profile, bench.broker)
+            results = measure(bench, args.profile)
             if counts:
                 results["replicas"] = replicas.measure(bench, counts, bench.bodies[(plan.mixes[0], plan.pool_agents)],
                                                        warm=True)

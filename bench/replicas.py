@@ -33,7 +33,6 @@ Figures = dict[str, Any]  # what Bench.load returns, and the results built from 
 MAX_REPLICAS = 16  # the server lines of router.cfg
 OK_PUSHES = re.compile(r'^bridge_pushes_total\{retcode="0"\} (\S+)$', re.M)
 LOG_DATE = "%d/%b/%Y:%H:%M:%S.%f"  # %tr
-TIMINGS = re.compile(r" -?\d+/-?\d+/-?\d+/(-?\d+)/(-?\d+) \d{3} ")  # %TR/%Tw/%Tc/%Tr/%Ta %ST of its log-format
 
 
 def parse_counts(text: str | None, quick: bool) -> list[int]:
@@ -86,14 +85,15 @@ def router_log(router: Router, skip: int = 0, since: datetime | None = None) -> 
     own: list[int] = []
     no_key = 0
     for line in lines[skip:]:
-        request, timed = ROUTER_LINE.match(line), TIMINGS.search(line)
+        request = ROUTER_LINE.match(line)
         if request and request["key"]:
             servers.setdefault(request["key"], set()).add(request["server"])
         else:
             no_key += 1
-        if timed and request and (since is None or datetime.strptime(request["date"], LOG_DATE) >= since):
-            replica.append(int(timed[1]))
-            own.append(int(timed[2]) - int(timed[1]))
+        if request and (since is None or datetime.strptime(request["date"], LOG_DATE) >= since):
+            answered, total = map(int, request["timers"].split("/")[3:5])  # %Tr, %Ta of %TR/%Tw/%Tc/%Tr/%Ta
+            replica.append(answered)
+            own.append(total - answered)
     return {"lines": len(lines), "logged": len(lines) - skip, "no_key": no_key, "agents": len(servers),
             "agents_on_several": sum(len(s) > 1 for s in servers.values()),
             "replica_ms": percentiles(replica), "own_ms": percentiles(own)}

@@ -1,5 +1,6 @@
 """What the container tests share: the gateway (bench.simulate's Simulator) aimed at the project's
-router, polling, the bridges' spools, and reading every record back to compare with a ledger."""
+router, polling, the faults they inject (Kafka stopped and started, a replica killed and started),
+the bridges' spools, and reading every record back to compare with a ledger."""
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +14,7 @@ from bench.verify import Figures, compare, read_topics
 from .stack import Stack
 
 TOPIC = "cc.agent.events"
+OK_PUSHES = 'bridge_pushes_total{retcode="0"}'
 
 
 def gateway(stack: Stack, ledger: Ledger, **overrides: Any) -> Simulator:
@@ -35,6 +37,38 @@ async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"not seen within {timeout:.0f}s: {what}")
         await asyncio.sleep(0.5)
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+async def kafka_down(stack: Stack) -> None:
+    await asyncio.to_thread(stack.engine.podman, "stop", "--time", "20", stack.container("kafka"))
+
+
+async def kafka_up(stack: Stack) -> None:
+    stopped = stack.containers("kafka", every=True)
+    assert len(stopped) == 1, stopped
+    await asyncio.to_thread(stack.engine.podman, "start", stopped[0])
+
+
+async def kill(stack: Stack, victim: str) -> None:
+    """SIGKILL: podman does not apply the restart policy to a container it was told to kill, so
+    the victim stays down until `start_again`."""
+    await asyncio.to_thread(stack.engine.podman, "kill", "--signal", "KILL", victim)
+    state = (await asyncio.to_thread(stack.engine.inspect, victim))["State"]
+    assert not state["Running"] and state["ExitCode"] == 137, f"{victim} after SIGKILL: {state}"
+
+
+async def start_again(stack: Stack, victim: str, timeout: float = 90) -> None:
+    await asyncio.to_thread(stack.engine.podman, "start", victim)
+    await until(lambda: stack.management(victim, "/readyz")[0] == 200, timeout, f"{victim} ready again")
+
+
+# -- spools ---------------------------------------------------------------------------------------
+
+def spooled(stack: Stack) -> dict[str, float]:
+    """Per running replica: pushes in its own spool slot."""
+    return {b: stack.metrics(b).get("bridge_spool_entries", 0.0) for b in stack.containers("bridge")}
 
 
 def undelivered(stack: Stack) -> dict[str, float]:

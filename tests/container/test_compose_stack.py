@@ -21,13 +21,24 @@ import pytest
 from bench.simulate import Ledger
 from bench.verify import compare, read_committed, read_topics, seen
 
-from .gateway import TOPIC, gateway, read_back, spools_delivered, until
+from .gateway import (
+    OK_PUSHES,
+    TOPIC,
+    gateway,
+    kafka_down,
+    kafka_up,
+    kill,
+    read_back,
+    spooled,
+    spools_delivered,
+    start_again,
+    until,
+)
 from .stack import REPLICAS, Stack
 
 pytestmark = pytest.mark.container
 
 AGENTS = 16
-OK_PUSHES = 'bridge_pushes_total{retcode="0"}'
 SPOOL_DIR = "/var/lib/cc-bridge/spool"
 
 
@@ -187,15 +198,12 @@ async def kill_one_with_sigkill(stack: Stack, ledger: Ledger) -> None:
         _, victim = await until(lambda: busiest(stack, bridges), 15, "pushes in flight on a replica")
         ledger.mark("sigkill")
         killed_at = time.time()
-        await asyncio.to_thread(stack.engine.podman, "kill", "--signal", "KILL", victim)
+        await kill(stack, victim)
     finally:
         await asyncio.to_thread(stack.engine.podman, "unpause", kafka)
     ledger.mark("restored")
     survivors = [b for b in bridges if b != victim]
-    # podman does not apply the restart policy to a container it was told to kill: the victim
-    # stays down until it is started again below, so every retry meanwhile lands on a survivor.
-    state = (await asyncio.to_thread(stack.engine.inspect, victim))["State"]
-    assert not state["Running"] and state["ExitCode"] == 137, f"{victim} after SIGKILL: {state}"
+    # The victim stays down until it is started again below: every retry meanwhile lands on a survivor.
 
     def failures_answered() -> tuple[set[str], set[str]] | None:
         """(agents whose push failed since the kill, agents answered on a retry since), once there
@@ -212,8 +220,7 @@ async def kill_one_with_sigkill(stack: Stack, ledger: Ledger) -> None:
     for survivor in survivors:
         taken |= await asyncio.to_thread(accepted_pushes, stack, survivor, killed_at)
     assert failed <= taken, f"retries of {failed - taken} were not accepted by {survivors}"
-    await asyncio.to_thread(stack.engine.podman, "start", victim)
-    await until(lambda: stack.management(victim, "/readyz")[0] == 200, 60, f"{victim} ready again")
+    await start_again(stack, victim, 60)
 
 
 def busiest(stack: Stack, bridges: list[str]) -> tuple[float, str] | None:
@@ -226,25 +233,24 @@ async def test_spool_survives_a_restart_of_its_container(stack: Stack, tmp_path)
     """Kafka stopped: pushes are spooled and answered "0"; the bridges that spooled are restarted
     (their containers, not their volume); Kafka started: every acknowledged event arrives, in offset
     order per agent, marked as having gone through the spool."""
-    kafka = stack.container("kafka")
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    await asyncio.to_thread(stack.engine.podman, "stop", "--time", "20", kafka)
+    await kafka_down(stack)
     ledger.mark("kafka-stopped")
     summary = await gateway(stack, ledger, agents=4, max_pushes=24, duration_s=60.0, drain_s=30.0,
                             first_work_no=200001).run()
     ledger.close()
     assert summary.pushes_acked >= 24 and summary.signed_out == 0, summary.line()
-    spooled = {b: stack.metrics(b).get("bridge_spool_entries", 0.0) for b in stack.containers("bridge")}
-    holders = [b for b, entries in spooled.items() if entries > 0]
-    assert holders, f"Kafka is down and pushes were acknowledged, yet no replica holds a spool: {spooled}"
+    held = spooled(stack)
+    holders = [b for b, entries in held.items() if entries > 0]
+    assert holders, f"Kafka is down and pushes were acknowledged, yet no replica holds a spool: {held}"
     for bridge in holders:
         await asyncio.to_thread(stack.engine.podman, "restart", "--time", "35", bridge)
-    await asyncio.to_thread(stack.engine.podman, "start", kafka)
+    await kafka_up(stack)
     await spools_delivered(stack)
     # The restarted processes started their counters again: what they count was read from the volume.
     bridges = stack.containers("bridge")
     drained = sum(stack.metrics(b).get("bridge_drained_pushes_total", 0.0) for b in bridges)
-    assert drained > 0, f"nothing drained after the restart, yet the spools held {spooled}"
+    assert drained > 0, f"nothing drained after the restart, yet the spools held {held}"
     # The replicas share the spool volume: each agent's events are in offset order, not only by
     # receipt time.
     figures = await read_back(stack, ledger)

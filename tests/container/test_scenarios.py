@@ -29,7 +29,18 @@ from bench._cluster import ROUTER_LINE
 from bench.simulate import Ledger
 
 from .engine import HealthDriver
-from .gateway import gateway, read_back, spools_delivered, until
+from .gateway import (
+    OK_PUSHES,
+    gateway,
+    kafka_down,
+    kafka_up,
+    kill,
+    read_back,
+    spooled,
+    spools_delivered,
+    start_again,
+    until,
+)
 from .stack import REPLICAS, Stack
 
 pytestmark = pytest.mark.container
@@ -38,7 +49,6 @@ AGENTS = int(os.environ.get("SCENARIO_AGENTS", "200"))
 OUTAGE_S = float(os.environ.get("SCENARIO_OUTAGE_S", "60"))
 REAL_TIMINGS = {"agents": AGENTS, "retry_interval_s": 10.0, "signout_after_s": 120.0, "timeout_s": 8.0,
                 "think_s": (0.5, 2.5), "drain_s": 60.0, "duration_s": 900.0}
-OK_PUSHES = 'bridge_pushes_total{retcode="0"}'
 WARM_PUSHES = 2 * AGENTS  # every agent has pushed before the fault begins
 AFTER_S = 15.0            # the load goes on this long once the fault is over
 
@@ -83,29 +93,8 @@ def router_failures(stack: Stack, since: float, most: int = 8) -> list[tuple[flo
     """The router's log lines since `since` about pushes it did not answer 200 (the first `most`)
     and the replicas' state changes, for the output when a scenario fails."""
     found = [(at, text) for at, text in stack.router_log() if at >= since and
-             ("is DOWN" in text or "is UP" in text or (ROUTER_LINE.match(text) and " 200 " not in text))]
+             ("is DOWN" in text or "is UP" in text or ((m := ROUTER_LINE.match(text)) and m["status"] != "200"))]
     return found[:most]
-
-
-def kafka_down(stack: Stack) -> Awaitable[object]:
-    return asyncio.to_thread(stack.engine.podman, "stop", "--time", "20", stack.container("kafka"))
-
-
-def kafka_up(stack: Stack) -> Awaitable[object]:
-    stopped = stack.containers("kafka", every=True)
-    assert len(stopped) == 1, stopped
-    return asyncio.to_thread(stack.engine.podman, "start", stopped[0])
-
-
-async def kill(stack: Stack, victim: str) -> None:
-    await asyncio.to_thread(stack.engine.podman, "kill", "--signal", "KILL", victim)
-    state = (await asyncio.to_thread(stack.engine.inspect, victim))["State"]
-    assert not state["Running"] and state["ExitCode"] == 137, f"{victim} after SIGKILL: {state}"
-
-
-async def start_again(stack: Stack, victim: str) -> None:
-    await asyncio.to_thread(stack.engine.podman, "start", victim)
-    await until(lambda: stack.management(victim, "/readyz")[0] == 200, 90, f"{victim} ready again")
 
 
 def scale(stack: Stack, replicas: int) -> None:
@@ -120,8 +109,8 @@ def scale(stack: Stack, replicas: int) -> None:
 async def outage(stack: Stack, ledger: Ledger) -> None:
     await kafka_down(stack)
     await asyncio.sleep(OUTAGE_S)
-    spooled = {b: stack.metrics(b).get("bridge_spool_entries", 0.0) for b in stack.containers("bridge")}
-    assert sum(spooled.values()) > 0, f"Kafka has been down for {OUTAGE_S:g} s and no replica spooled: {spooled}"
+    entries = await asyncio.to_thread(spooled, stack)
+    assert sum(entries.values()) > 0, f"Kafka has been down for {OUTAGE_S:g} s and no replica spooled: {entries}"
     await kafka_up(stack)
 
 
@@ -150,9 +139,9 @@ async def outage_and_loss(stack: Stack, ledger: Ledger) -> None:
     await kafka_down(stack)
 
     def holder() -> str | None:
-        spooled = {b: stack.metrics(b).get("bridge_spool_entries", 0.0) for b in stack.containers("bridge")}
-        busiest = max(spooled, key=lambda b: spooled[b])
-        return busiest if spooled[busiest] >= 100 else None
+        entries = spooled(stack)
+        busiest = max(entries, key=lambda b: entries[b])
+        return busiest if entries[busiest] >= 100 else None
 
     victim = await until(holder, 60, "a replica holding 100 spooled pushes")
     killed = time.monotonic()
