@@ -21,9 +21,11 @@ from pathlib import Path
 
 from .config import Settings
 from .delivery import Delivery
+from .kafka.credentials import Credentials
 from .metrics import Metrics
 from .publisher import Publisher
 from .spool import Spool
+from .supervisor import Supervisor
 
 NOT_DONE = 3
 
@@ -46,7 +48,7 @@ async def drain(settings: Settings, root: Path, timeout_s: float, say: Callable[
         say(f"{spool.directory.name}: {spool.entries} pushes to deliver"
             + (f", those after its hold once {', '.join(holding['waiting_for'])} delivered theirs" if holding else ""))
     deadline = time.monotonic() + timeout_s
-    publisher = Publisher(settings, metrics)
+    publisher = Publisher(settings, metrics, Supervisor(settings, metrics, Credentials(settings)))
     delivery = Delivery(publisher, None, metrics)
     try:
         await publisher.start()

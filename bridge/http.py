@@ -2,7 +2,7 @@
 limits, writing through a transport that sends each loop turn's writes as one.
 
 `BridgeConfig` is uvicorn's Config plus the limits the protocol enforces and the port's table of
-connections (bridge/connections.py); the server (bridge/server.py) builds one `BoundedProtocol`
+connections (bridge/connections.py); the server (bridge/listener.py) builds one `BoundedProtocol`
 per connection from it. The protocol tells the table each phase change of its connection, as the
 parser and the application report them, and ends the connection when the table says so.
 """

@@ -5,7 +5,7 @@ A small front over three parts, like aiokafka's own producer over its accumulato
 - bridge.writes: the idempotent writes (default mode): per-agent-locked appends for pushes, one
   batch per partition for the spool's drainer;
 - bridge.transactions: atomic mode (BRIDGE_ATOMIC_PUSHES=true): whole pushes in transactions.
-The write path is chosen once, at start. Here every write is bounded in time, its failures become
+The write path is chosen once, when the publisher is built. Here every write is bounded in time, its failures become
 PublishError, and what Kafka acknowledged is counted. While Kafka is known to be unhealthy, a write
 fails at once instead of waiting for the bound.
 """
@@ -19,7 +19,9 @@ from collections.abc import Awaitable, Callable
 from aiokafka.errors import KafkaError
 
 from .config import Settings
-from .kafka import RECORD_ERRORS, PublishError
+from .kafka.credentials import Credentials
+from .kafka.errors import RECORD_ERRORS, PublishError
+from .kafka.seams import ProducerKeeper
 from .metrics import Metrics
 from .records import Record
 from .supervisor import Supervisor
@@ -31,16 +33,28 @@ Write = Callable[[list[Record]], Awaitable[None]]
 
 
 class Publisher:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    """Built on the event loop it publishes from (it keeps that loop, so the publishing path never
+    asks asyncio for it: in Python 3.11 each such call is a getpid() system call, and they add up to
+    a fifth of a push's CPU). `keeper` keeps the producer: the bridge's Supervisor, made where the
+    process is put together with the credentials the file watcher updates; without one, a
+    Supervisor over credentials read once from the settings' files."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None,
+                 keeper: ProducerKeeper | None = None) -> None:
         self._settings = settings
-        self._metrics = metrics or Metrics()
-        self._supervisor = Supervisor(settings, self._metrics)
+        self._metrics = metrics = metrics or Metrics()
+        self._supervisor = Supervisor(settings, metrics, Credentials(settings)) if keeper is None else keeper
+        self._loop = loop = asyncio.get_running_loop()
+        self._events_default = metrics.events.labels(settings.topic)
         self._pump: TransactionPump | None = None
-        self._events_default = self._metrics.events.labels(settings.topic)
-        # Set by start(), before the supervisor can report ready; a write checks readiness first.
-        self._loop: asyncio.AbstractEventLoop
         self._push: Write
         self._batch: Write
+        if settings.atomic_pushes:
+            self._pump = TransactionPump(self._supervisor, settings, loop)
+            self._push = self._batch = self._pump.write
+        else:
+            writes = Writes(self._supervisor, loop)
+            self._push, self._batch = writes.per_agent, writes.batched
 
     @property
     def problem(self) -> str:
@@ -54,15 +68,6 @@ class Publisher:
 
     async def start(self) -> None:
         """Connect now if Kafka is there; either way keep supervising in the background."""
-        # Kept, so the publishing path never asks asyncio for the running loop: in Python 3.11
-        # each such call is a getpid() system call, and they add up to a fifth of a push's CPU.
-        self._loop = loop = asyncio.get_running_loop()
-        if self._settings.atomic_pushes:
-            self._pump = TransactionPump(self._supervisor, self._settings, loop)
-            self._push = self._batch = self._pump.write
-        else:
-            writes = Writes(self._supervisor, loop)
-            self._push, self._batch = writes.per_agent, writes.batched
         await self._supervisor.start()
         if self._pump is not None:
             self._pump.start()
@@ -95,7 +100,7 @@ class Publisher:
             raise PublishError(supervisor.problem)
         loop = self._loop
         task = asyncio.current_task(loop)
-        assert task is not None  # a write runs in a task of the loop kept at start
+        assert task is not None  # a write runs in a task of the loop the publisher was built on
         expired = False
 
         def expire() -> None:

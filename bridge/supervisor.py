@@ -1,7 +1,7 @@
 """The keeper of the one Kafka producer: connects, reconnects, and knows whether Kafka can take pushes.
 
 A task checks every few seconds (every second while Kafka is away) that the brokers answer and every
-topic exists, over a health client of its own (bridge.kafka.Health); it creates missing topics when
+topic exists, over a health client of its own (bridge.kafka.admin.Health); it creates missing topics when
 allowed, and starts a producer once the cluster answers. It replaces the producer after any failed
 batch or transaction, because the producer's sequence numbering cannot be trusted after a batch was
 given up, and when the producer's metadata names only brokers that have left the cluster.
@@ -14,58 +14,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from .config import Settings
-from .kafka import Health, client_options, create_topics, describe
+from .kafka.admin import Health, create_topics
+from .kafka.clients import REQUEST_TIMEOUT_MS, new_producer
+from .kafka.credentials import Credentials
+from .kafka.errors import describe
 from .metrics import Metrics
 
 log = logging.getLogger("bridge.publisher")
 CHECK_INTERVAL_HEALTHY_S = 5.0
 CHECK_INTERVAL_UNHEALTHY_S = 1.0
-REQUEST_TIMEOUT_MS = 30_000
-MAX_BATCH_BYTES = 256 * 1024  # per partition; aiokafka's 16 KB default splits a large push into many requests
-TRANSACTION_TIMEOUT_MS = 15_000
-
-
-def transactional_id(settings: Settings) -> str:
-    """Stable per process slot, so a restarted bridge fences its predecessor's open transaction."""
-    return settings.transactional_id or f"cc-bridge-{socket.gethostname()}-{settings.port}"
-
-
-def new_producer(settings: Settings) -> AIOKafkaProducer:
-    """acks=all and idempotent; transactional in atomic mode."""
-    options = dict(
-        **client_options(settings),
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=settings.kafka_linger_ms,
-        max_batch_size=MAX_BATCH_BYTES,
-        max_request_size=max(1_048_576, settings.max_body_bytes + 65_536),
-        request_timeout_ms=REQUEST_TIMEOUT_MS,
-    )
-    if settings.atomic_pushes:
-        options.update(transactional_id=transactional_id(settings),
-                       transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
-    return AIOKafkaProducer(**options)
 
 
 class Supervisor:
     """`producer` is the current producer, None while there is none; `ready` says whether pushes
     can be written now, `problem` why not."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, credentials: Credentials) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._credentials = credentials
         self.producer: AIOKafkaProducer | None = None
         self._healthy = False
         self._problem = "Kafka is not reachable"
         self._reset_wanted = False
         self._check_now = asyncio.Event()
-        self._health = Health(settings)
+        self._health = Health(settings, credentials)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -130,13 +108,13 @@ class Supervisor:
         await self._check()
         if self._problem.startswith("Kafka topics missing") and settings.create_topics:
             try:
-                await create_topics(settings)
+                await create_topics(settings, self._credentials)
             except (KafkaError, OSError, TimeoutError) as exc:
                 self._set_health(False, f"creating the topics failed ({describe(exc, settings)})")
                 return
         elif not self._healthy:
             return
-        producer = new_producer(settings)
+        producer = new_producer(settings, self._credentials)
         try:
             await asyncio.wait_for(producer.start(), REQUEST_TIMEOUT_MS / 1000)
         except (KafkaError, OSError, TimeoutError) as exc:

@@ -13,16 +13,16 @@ import asyncio
 from aiokafka.errors import KafkaError
 
 from .config import Settings
-from .kafka import PublishError
+from .kafka.errors import PublishError
+from .kafka.seams import ProducerKeeper
 from .records import Record
-from .supervisor import Supervisor
 
 
 class TransactionPump:
     """`write(records)` returns once the transaction holding the records is committed. `loop` is the
     running loop, kept so that no write asks asyncio for it."""
 
-    def __init__(self, supervisor: Supervisor, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, supervisor: ProducerKeeper, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self._supervisor = supervisor
         self._settings = settings
         self._loop = loop

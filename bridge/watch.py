@@ -26,9 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import kafka
 from .auth import Authenticator
 from .config import TOKENS_FILE, Settings, read_token_file
+from .kafka.credentials import Credentials
 from .metrics import Metrics
 from .tls import Certificate
 
@@ -178,7 +178,7 @@ class Watcher:
 
 
 def watch_bridge_files(watcher: Watcher, settings: Settings, auth: Authenticator,
-                       certificate: Certificate | None) -> None:
+                       certificate: Certificate | None, credentials: Credentials) -> None:
     """Everything the bridge reads from files that may change while it runs. Raises SecretError
     when the token file or the HTTPS certificate cannot be used at start."""
     path = settings.service_tokens_file
@@ -187,7 +187,6 @@ def watch_bridge_files(watcher: Watcher, settings: Settings, auth: Authenticator
     if certificate is not None:
         watcher.watch(Watched("tls", "BRIDGE_TLS_CERTFILE/BRIDGE_TLS_KEYFILE", certificate.files, certificate.load,
                               certificate.use))
-    credentials = kafka.credentials(settings)
     if credentials.tls_files:
         watcher.watch(Watched("kafka_tls", "BRIDGE_KAFKA_SSL_*", credentials.tls_files, credentials.load_tls,
                               credentials.use_tls), required=False)

@@ -17,16 +17,14 @@ import asyncio
 import random
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
-from aiokafka.producer.message_accumulator import BatchBuilder
 
+from .kafka.seams import Batch, Producer, ProducerKeeper
 from .locks import KeyedLocks
 from .records import Record
-from .supervisor import Supervisor
 
 
-def partitions_of(producer: AIOKafkaProducer, records: list[Record]) -> list[int | None]:
+def partitions_of(producer: Producer, records: list[Record]) -> list[int | None]:
     """Kafka's default partitioning (the Java client's murmur2 rule), once per distinct key and
     topic of the push rather than once per record; None leaves the choice to the producer
     (a record without a key, or a topic whose metadata is not known yet)."""
@@ -48,7 +46,7 @@ class Writes:
     """The idempotent producer's two write paths. `loop` is the running loop, kept so that no
     write asks asyncio for it (in Python 3.11 each such call is a getpid() system call)."""
 
-    def __init__(self, supervisor: Supervisor, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, supervisor: ProducerKeeper, loop: asyncio.AbstractEventLoop) -> None:
         self._supervisor = supervisor
         self._loop = loop
         self._locks = KeyedLocks()
@@ -69,7 +67,7 @@ class Writes:
         # made after a broker restart has no metadata yet, and guessing would put an agent's
         # records on a partition other than its own (out of order for its subscribers).
         known = {topic: sorted(await producer.partitions_for(topic)) for topic in {r.topic for r in records}}
-        builders: dict[tuple[str, int], BatchBuilder] = {}
+        builders: dict[tuple[str, int], Batch] = {}
         futures = []
         for r, partition in zip(records, partitions_of(producer, records), strict=False):
             if partition is None:  # no key (a dead letter): any partition

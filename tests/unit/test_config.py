@@ -217,7 +217,11 @@ def test_an_empty_or_unreadable_password_file_is_refused(tmp_path: Path, content
 
 
 def test_kafka_clients_get_the_sasl_login(tmp_path: Path):
-    from bridge.kafka import client_options as kafka_client_options
+    from bridge.kafka.clients import client_options
+    from bridge.kafka.credentials import Credentials
+
+    def kafka_client_options(settings: config.Settings) -> dict:
+        return client_options(settings, Credentials(settings))
 
     ssl_options = kafka_client_options(config.load({**BASE, **SASL}))
     assert ssl_options["security_protocol"] == "SASL_SSL" and "ssl_context" in ssl_options

@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from bench.rotation import SecretVolume
-from bridge import config, kafka
+from bridge import config
+from bridge.auth import Authenticator
 from bridge.config import read_token_file
+from bridge.kafka.clients import client_options
+from bridge.kafka.credentials import Credentials
 from bridge.metrics import Metrics
-from bridge.watch import SecretError, Watched, Watcher
+from bridge.watch import SecretError, Watched, Watcher, watch_bridge_files
 
 
 class Holder:
@@ -134,16 +137,16 @@ async def test_kafka_clients_take_the_credentials_in_service(tmp_path):
                             "BRIDGE_SERVICE_TOKENS": "t", "BRIDGE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
                             "BRIDGE_KAFKA_SASL_MECHANISM": "PLAIN", "BRIDGE_KAFKA_SASL_USERNAME": "bridge",
                             "BRIDGE_KAFKA_SASL_PASSWORD_FILE": str(password)})
+    credentials = Credentials(settings)  # the one holder of the process, handed to the watcher
     watcher = Watcher(Metrics())
-    watcher.watch(Watched("kafka_sasl", "BRIDGE_KAFKA_SASL_PASSWORD_FILE", (password,),
-                          kafka.credentials(settings).load_password, kafka.credentials(settings).use_password))
-    assert kafka.client_options(settings)["sasl_plain_password"] == "first"
+    watch_bridge_files(watcher, settings, Authenticator(settings.service_tokens, False), None, credentials)
+    assert client_options(settings, credentials)["sasl_plain_password"] == "first"
     rewrite(password, "second\n")
     await watcher.check()
     await watcher.check()
-    assert kafka.client_options(settings)["sasl_plain_password"] == "second"
+    assert client_options(settings, credentials)["sasl_plain_password"] == "second"
     rewrite(password, "\n")
     await watcher.check()
     await watcher.check()
-    assert kafka.client_options(settings)["sasl_plain_password"] == "second", "an empty file is no password"
+    assert client_options(settings, credentials)["sasl_plain_password"] == "second", "an empty file is no password"
     assert watcher.describe()["kafka_sasl"]["problem"] == "the file is empty"

@@ -3,43 +3,77 @@ partition even when the producer is new and knows no metadata yet (after a broke
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
+from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
+from doubles import Keeper
 
+from bridge.kafka.seams import Batch, Headers
 from bridge.records import Record
 from bridge.writes import Writes
+
+
+class KeysBatch:
+    """A batch that keeps the keys appended to it."""
+
+    def __init__(self) -> None:
+        self.keys: list[bytes | None] = []
+
+    def append(self, *, timestamp: int | None, key: bytes | None, value: bytes | None,
+               headers: Headers) -> object | None:
+        self.keys.append(key)
+        return True
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.known: dict[str, set[int]] = {}
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return self.known.get(topic)
 
 
 class NewProducer:
     """A producer as aiokafka makes it: no topic known until metadata is asked for."""
 
     def __init__(self, partitions: int) -> None:
-        self.known: dict[str, set[int]] = {}
-        self.client = SimpleNamespace(cluster=SimpleNamespace(partitions_for_topic=self.known.get))
+        self.cluster = Cluster()
         self.partitions = partitions
         self.sent: list[tuple[int, list[bytes | None]]] = []
 
+    @property
+    def client(self) -> NewProducer:
+        return self
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers | None = None,
+                   partition: int | None = None) -> asyncio.Future[Any]:
+        raise AssertionError("the drainer's write sends whole batches")
+
     async def partitions_for(self, topic: str) -> set[int]:
         await asyncio.sleep(0)  # the metadata request
-        self.known[topic] = set(range(self.partitions))
-        return self.known[topic]
+        self.cluster.known[topic] = set(range(self.partitions))
+        return self.cluster.known[topic]
 
-    def create_batch(self) -> SimpleNamespace:
-        keys: list[bytes | None] = []
-        return SimpleNamespace(keys=keys, append=lambda **kw: keys.append(kw["key"]) or True)
+    def create_batch(self) -> KeysBatch:
+        return KeysBatch()
 
-    async def send_batch(self, batch: SimpleNamespace, topic: str, partition: int) -> asyncio.Future[None]:
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        assert isinstance(batch, KeysBatch)
         self.sent.append((partition, batch.keys))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
+    async def begin_transaction(self) -> None:
+        raise AssertionError("not in atomic mode")
 
-async def test_batched_waits_for_metadata_before_choosing_partitions():
+    async def commit_transaction(self) -> None:
+        raise AssertionError("not in atomic mode")
+
+
+async def test_batched_waits_for_metadata_before_choosing_partitions() -> None:
     producer = NewProducer(partitions=12)
-    supervisor = SimpleNamespace(producer=producer, replacing=False)
-    writes = Writes(supervisor, asyncio.get_running_loop())  # type: ignore[arg-type]
+    writes = Writes(Keeper(producer), asyncio.get_running_loop())
     keys = [str(n).encode() for n in range(100001, 100041)]
     await writes.batched([Record("t", key, b"{}", []) for key in keys])
     partitioner = DefaultPartitioner()
