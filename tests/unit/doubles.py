@@ -5,13 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bridge.kafka.seams import Batch, Cluster, Headers, Producer
-
-
-class NoBatches:
-    def append(self, *, timestamp: int | None, key: bytes | None, value: bytes | None,
-               headers: Headers) -> object | None:
-        raise AssertionError("this producer takes no batches")
+from bridge.kafka.seams import Batch, Client, Cluster, Headers, Producer
 
 
 class Partitions:
@@ -24,18 +18,60 @@ class Partitions:
         return set(range(self.count))
 
 
-class TransactionalProducer:
+class StandIn:
+    """A producer whose every operation fails the test: a stand-in overrides those its test uses."""
+
+    cluster: Cluster = Partitions(1)
+
+    @property
+    def client(self) -> Client:
+        return self
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers | None = None,
+                   partition: int | None = None) -> asyncio.Future[Any]:
+        raise AssertionError("send is not expected here")
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        raise AssertionError("partitions_for is not expected here")
+
+    def create_batch(self) -> Batch:
+        raise AssertionError("create_batch is not expected here")
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        raise AssertionError("send_batch is not expected here")
+
+    async def begin_transaction(self) -> None:
+        raise AssertionError("begin_transaction is not expected here")
+
+    async def commit_transaction(self) -> None:
+        raise AssertionError("commit_transaction is not expected here")
+
+
+class AckingProducer(StandIn):
+    """An idempotent producer whose every record is acknowledged through `ack`, a future the test
+    settles (a result, a Kafka error) or leaves pending; or `send` raises `refuse` at once."""
+
+    def __init__(self) -> None:
+        self.cluster = Partitions(3)
+        self.ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.refuse: BaseException | None = None
+        self.sent: list[tuple[str, bytes | None]] = []
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers | None = None,
+                   partition: int | None = None) -> asyncio.Future[Any]:
+        if self.refuse is not None:
+            raise self.refuse
+        self.sent.append((topic, key))
+        return self.ack
+
+
+class TransactionalProducer(StandIn):
     """Records what each transaction holds. `fail_commit` makes the next commit raise it."""
 
     def __init__(self) -> None:
-        self.cluster: Cluster = Partitions(1)
         self.open: list[bytes] | None = None
         self.committed: list[list[bytes]] = []
         self.fail_commit: BaseException | None = None
-
-    @property
-    def client(self) -> TransactionalProducer:
-        return self
 
     async def begin_transaction(self) -> None:
         assert self.open is None, "a transaction is already open"
@@ -56,15 +92,6 @@ class TransactionalProducer:
             error, self.fail_commit = self.fail_commit, None
             raise error
         self.committed.append(held)
-
-    async def partitions_for(self, topic: str) -> set[int]:
-        return set(range(1))
-
-    def create_batch(self) -> Batch:
-        return NoBatches()
-
-    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
-        raise AssertionError("this producer takes no batches")
 
 
 class Keeper:

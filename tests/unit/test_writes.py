@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
-from doubles import Keeper
+from doubles import Keeper, StandIn
 
 from bridge.kafka.seams import Batch, Headers
 from bridge.records import Record
@@ -25,7 +25,9 @@ class KeysBatch:
         return True
 
 
-class Cluster:
+class Metadata:
+    """What the producer knows of the cluster: nothing, until it asks."""
+
     def __init__(self) -> None:
         self.known: dict[str, set[int]] = {}
 
@@ -33,26 +35,19 @@ class Cluster:
         return self.known.get(topic)
 
 
-class NewProducer:
+class NewProducer(StandIn):
     """A producer as aiokafka makes it: no topic known until metadata is asked for."""
 
     def __init__(self, partitions: int) -> None:
-        self.cluster = Cluster()
+        self.metadata = Metadata()
+        self.cluster = self.metadata
         self.partitions = partitions
         self.sent: list[tuple[int, list[bytes | None]]] = []
 
-    @property
-    def client(self) -> NewProducer:
-        return self
-
-    async def send(self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers | None = None,
-                   partition: int | None = None) -> asyncio.Future[Any]:
-        raise AssertionError("the drainer's write sends whole batches")
-
     async def partitions_for(self, topic: str) -> set[int]:
         await asyncio.sleep(0)  # the metadata request
-        self.cluster.known[topic] = set(range(self.partitions))
-        return self.cluster.known[topic]
+        self.metadata.known[topic] = set(range(self.partitions))
+        return self.metadata.known[topic]
 
     def create_batch(self) -> KeysBatch:
         return KeysBatch()
@@ -63,12 +58,6 @@ class NewProducer:
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
-
-    async def begin_transaction(self) -> None:
-        raise AssertionError("not in atomic mode")
-
-    async def commit_transaction(self) -> None:
-        raise AssertionError("not in atomic mode")
 
 
 async def test_batched_waits_for_metadata_before_choosing_partitions() -> None:
