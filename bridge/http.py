@@ -5,6 +5,18 @@ limits, writing through a transport that sends each loop turn's writes as one.
 connections (bridge/connections.py); the server (bridge/listener.py) builds one `BoundedProtocol`
 per connection from it. The protocol tells the table each phase change of its connection, as the
 parser and the application report them, and ends the connection when the table says so.
+
+Borrowed from uvicorn, whose protocol classes are not a public API (uvicorn is pinned to one minor
+release, and tests/unit/test_borrowed_names.py checks every name below):
+- `HttpToolsProtocol`: its constructor; the handlers extended here (connection, data, parser and
+  response events, `send_400_response`, `shutdown`); the state they read (`transport`, `flow`,
+  `pipeline`, `cycle`, `server_state.total_requests`, `loop`, `client`), and the fact that its
+  `on_response_complete` arms no keep-alive timer while the connection closes or a pipelined
+  request waits.
+- `RequestResponseCycle`: `response_started` and `response_complete` are read; a body deadline
+  sets `disconnected` and `message_event`, as uvicorn does itself when the peer goes, so the
+  application stops waiting for the body at once rather than when the close completes.
+- httptools' parser calls the `on_*` handlers by name (httptools is pinned likewise).
 """
 from __future__ import annotations
 
@@ -212,22 +224,25 @@ class BoundedProtocol(HttpToolsProtocol):
         self._enter(IDLE if answered else BUSY)
 
     def on_response_complete(self) -> None:
-        """The answer is written (this replaces uvicorn's, which arms a keep-alive timer)."""
-        self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            self._enter(CLOSING)
+        """The answer is written. uvicorn's own counts it, resumes reading and starts the next
+        pipelined request, or, when none waits, arms a keep-alive timer per response: here the
+        table's idle deadline stands for that timer, so uvicorn's runs only where it arms none (the
+        connection is closing, or a pipelined request waits)."""
+        transport = self.transport
+        if not transport.is_closing():
+            if self.phase == BODY and not self.pipeline:
+                # Answered before its body arrived (a refusal): the rest of the body is not waited for.
+                transport.close()
+            else:
+                self.proven = self.proven or transport.answered_ok()  # type: ignore[attr-defined]
+        if transport.is_closing() or self.pipeline:
+            super().on_response_complete()
+            if transport.is_closing():
+                self._enter(CLOSING)
             return
-        if self.phase == BODY and not self.pipeline:
-            # Answered before its body arrived (a refusal): the rest of the body is not waited for.
-            self.transport.close()
-            self._enter(CLOSING)
-            return
-        self.proven = self.proven or self.transport.answered_ok()  # type: ignore[attr-defined]
+        self.server_state.total_requests += 1  # the rest of uvicorn's, without the timer
         self.flow.resume_reading()
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
-        elif self.phase == BUSY:
+        if self.phase == BUSY:
             self._enter(HEAD if self.head_started else IDLE)
 
     # -- ends decided by the table ----------------------------------------------------------------

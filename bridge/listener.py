@@ -8,7 +8,9 @@ uvicorn's own does before it serves (`lifespan.startup()`, `lifespan.should_exit
 `server_state`, `servers`, `started`, exiting with `uvicorn.config.STARTUP_FAILURE`), because
 uvicorn's opens the listener with the TLS context handed to the event loop, which gives a handshake
 no deadline of its own and counts a connection only once it is encrypted. `capture_signals` and
-`handle_exit` are uvicorn's signal handling, kept off on all but one server of the process.
+`handle_exit` are uvicorn's signal handling, kept off on all but one server of the process. From
+asyncio: a task's handling of the futures a coroutine waits for (`_asyncio_future_blocking`), which
+TlsHandshake repeats to drive the loop's start_tls within the accepting callback.
 """
 from __future__ import annotations
 

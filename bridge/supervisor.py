@@ -7,7 +7,9 @@ batch or transaction, because the producer's sequence numbering cannot be truste
 given up, and when the producer's metadata names only brokers that have left the cluster.
 
 The write paths read `producer` and `ready`, ask for an early check with `check_soon()` and for a
-new producer with `want_new_producer(why)`.
+new producer with `want_new_producer(why)` (bridge.kafka.seams.ProducerKeeper). The brokers the
+producer knows are read from its `client.cluster`, which aiokafka does not publish as API (checked
+by tests/unit/test_borrowed_names.py).
 """
 from __future__ import annotations
 

@@ -10,6 +10,9 @@
 Both pick each record's partition themselves, with Kafka's default rule, once per key and topic.
 Both end in one future for all acknowledgements; a failed batch asks the supervisor for a new
 producer. The caller bounds the wait and turns Kafka's errors into PublishError.
+
+Borrowed from aiokafka (pinned to one minor release, checked by tests/unit/test_borrowed_names.py):
+the producer's `client.cluster`, whose partition lists the partitioning reads.
 """
 from __future__ import annotations
 

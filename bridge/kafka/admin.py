@@ -4,6 +4,10 @@ Health is checked over a client of its own, never over the producer's connection
 request queued behind produce requests parked on a failing broker says nothing about whether the
 cluster can take pushes. After any failed check that client is discarded, so the next check
 starts again from the bootstrap list, whatever brokers came and went meanwhile.
+
+Borrowed from aiokafka (pinned to one minor release, checked by tests/unit/test_borrowed_names.py):
+`aiokafka.conn.create_conn`, one connection that tells why a bootstrap failed, and the fields of
+the admin client's create-topics answer (`topic_errors`: topic, error code, ...).
 """
 from __future__ import annotations
 
