@@ -19,6 +19,7 @@ from . import protocol
 from .auth import Authenticator
 from .config import Settings
 from .delivery import Delivery
+from .membership import Membership
 from .metrics import Metrics
 from .protocol import CONTENT_TYPE, Refusal
 from .push import PushEndpoint
@@ -45,7 +46,7 @@ class PushFirst:
             await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings, delivery: Delivery, metrics: Metrics, risk: AgentRisk,
+def create_app(settings: Settings, delivery: Delivery, membership: Membership, metrics: Metrics, risk: AgentRisk,
                auth: Authenticator | None = None) -> PushFirst:
     """The push app: the push path, and Starlette for the producer's lifespan and unknown paths.
     `auth` is the Authenticator whose tokens may be replaced while serving (a watched token file)."""
@@ -54,6 +55,7 @@ def create_app(settings: Settings, delivery: Delivery, metrics: Metrics, risk: A
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await delivery.start()
+        await membership.start()
         yield
         await delivery.drain_before_exit(settings.exit_drain_timeout_s)
         try:  # in-flight pushes are already answered; deliver what is still buffered, bounded
@@ -65,7 +67,7 @@ def create_app(settings: Settings, delivery: Delivery, metrics: Metrics, risk: A
     return PushFirst(settings.push_path, PushEndpoint(settings, delivery, metrics, risk, auth), app)
 
 
-def create_management_app(delivery: Delivery, metrics: Metrics, shutting_down: Callable[[], bool],
+def create_management_app(delivery: Delivery, membership: Membership, metrics: Metrics,
                           secret_problems: Callable[[], dict[str, Any]] = dict) -> Starlette:
     """/healthz (the process answers), /readyz (pushes can be kept, not draining), /metrics.
     `secret_problems()`: watched secret files whose newest version is not in service, shown in
@@ -75,13 +77,13 @@ def create_management_app(delivery: Delivery, metrics: Metrics, shutting_down: C
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        # The spool hears of a change first: replicas sharing its volume act on it before the router can.
-        await delivery.serve(delivery.ready and not shutting_down())
+        # The verdict reaches the other replicas sharing the spool volume before the router.
+        await membership.answer_probe()
         info = delivery.describe()
         problems = secret_problems()
         if problems:
             info["secrets"] = problems
-        if shutting_down():
+        if membership.departed:
             return JSONResponse({"status": "not ready", "reason": "shutting down", **info}, 503)
         if not delivery.ready:
             return JSONResponse({"status": "not ready", "reason": "pushes cannot be kept: Kafka is not usable "

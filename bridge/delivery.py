@@ -10,24 +10,45 @@ is spooled instead (records Kafka may still have taken reappear later with the s
 The drainer (bridge/drainer.py) delivers the spool's entries, in order.
 
 Across replicas sharing a spool root the spool decides (bridge/spool/neighbours.py): "idle" also
-means no hold and nothing owed to another slot, the drainer stops at a hold's cut, and slots left
-behind by replicas that are gone are handed here to be delivered the same way. On SIGTERM the
-spool is delivered for up to BRIDGE_EXIT_DRAIN_TIMEOUT_S while Kafka is usable, before the exit.
+means no hold and nothing owed to another slot, the drainer stops at a hold's cut, and the slots
+left behind by replicas that are gone, which the replica's own slot claims about twice a second,
+are delivered here the same way and then released. On SIGTERM the spool is delivered for up to
+BRIDGE_EXIT_DRAIN_TIMEOUT_S while Kafka is usable, before the exit.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from .drainer import Drainer, encode
 from .metrics import Metrics
-from .publisher import Publisher, PublishError
+from .outage import Outage
+from .publisher import PublishError
 from .records import Record
-from .spool import Spool, SpoolError
+from .spool import AdoptedSlot, OwnSlot, Slot, SpoolError
 
 log = logging.getLogger("bridge.delivery")
+ADOPT_EVERY_S = 0.5
+
+
+class Kafka(Protocol):
+    """What delivery needs of the publisher (bridge/publisher.py)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def problem(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, records: list[Record], timeout: float | None = None) -> None: ...
+
+    async def publish_batch(self, records: list[Record], timeout: float | None = None) -> None: ...
 
 
 class Unavailable(Exception):
@@ -35,20 +56,21 @@ class Unavailable(Exception):
 
 
 class Delivery:
-    def __init__(self, publisher: Publisher, spool: Spool | None, metrics: Metrics, spool_problem: str = "") -> None:
+    def __init__(self, publisher: Kafka, spool: OwnSlot | None, metrics: Metrics, spool_problem: str = "") -> None:
         self._publisher = publisher
         self._spool = spool
         self._spool_problem = spool_problem
         self._metrics = metrics
+        self._outage = Outage(spooled_before_start=spool is not None and spool.entries > 0)
+        self._drainer = Drainer(publisher, metrics, self._outage)
         self._draining: asyncio.Task[None] | None = None
-        self._adopted: dict[Spool, asyncio.Task[None]] = {}
-        self._wake = asyncio.Event()
-        self._drainer = Drainer(publisher, metrics, self._wake, self._waiting)
-        self._outage_started: float | None = None
-        self._outage_spooled = 0
+        self._adopting: asyncio.Task[None] | None = None
+        self._adopted: dict[AdoptedSlot, asyncio.Task[None]] = {}
         metrics.watch_spool(spool, lambda: self.adopted)
-        if spool is not None and spool.entries:
-            self._outage_started = time.monotonic()
+
+    @property
+    def spool(self) -> OwnSlot | None:
+        return self._spool
 
     @property
     def mode(self) -> str:
@@ -79,44 +101,21 @@ class Delivery:
             if spool.refusal:
                 info["spool"]["problem"] = spool.refusal
             if self._adopted:
-                info["spool"]["adopted"] = {s.directory.name: {"entries": s.entries, **s.order()}
-                                            for s in self._adopted}
+                info["spool"]["adopted"] = {s.name: {"entries": s.entries, **s.order()} for s in self._adopted}
         return info
 
     @property
-    def adopted(self) -> list[Spool]:
+    def adopted(self) -> list[AdoptedSlot]:
         """Slots left behind by replicas that are gone, being delivered by this one."""
         return list(self._adopted)
 
     async def start(self) -> None:
-        if self._spool is not None:
-            await self._spool.join()
         await self._publisher.start()
         if self._spool is not None:
             self._draining = asyncio.create_task(self._drainer.run(self._spool), name="spool-drainer")
-            self._spool.watch(self.deliver_adopted)
+            self._adopting = asyncio.create_task(self._adopt_forever(self._spool), name="spool-adoption")
 
-    async def serve(self, ready: bool) -> None:
-        """Tell the spool whether this replica takes pushes, before the router hears of it: it leaves
-        when not ready (or shutting down) and joins again when ready."""
-        if self._spool is not None and ready != self._spool.serving:
-            await (self._spool.join() if ready else self._spool.leave())
-
-    async def deliver_adopted(self, spool: Spool) -> None:
-        """Deliver a slot left behind by a replica that is gone, then release it."""
-        log.warning("delivering spool slot %s left behind by a replica that is gone (%d pushes)",
-                    spool.directory, spool.entries)
-        self._adopted[spool] = asyncio.create_task(self._deliver_and_release(spool), name=f"adopted-{spool.directory.name}")
-
-    async def _deliver_and_release(self, spool: Spool) -> None:
-        try:
-            await self.deliver(spool)
-            log.warning("spool slot %s left behind is delivered; released", spool.directory)
-        finally:
-            await spool.close()
-            self._adopted.pop(spool, None)
-
-    async def deliver(self, spool: Spool, deadline: float | None = None) -> bool:
+    async def deliver(self, spool: Slot, deadline: float | None = None) -> bool:
         """Drain `spool` until it is empty (True), or until `deadline` (monotonic) passes (False)."""
         return await self._drainer.deliver(spool, deadline)
 
@@ -124,7 +123,7 @@ class Delivery:
         """On SIGTERM, once no push is in flight: deliver what is spooled (this replica's and the
         slots it adopted) while Kafka is usable, for up to `timeout` seconds. What is left stays on
         disk: for the next start, a replica sharing the volume, or `cc-bridge drain`."""
-        spools = [s for s in [self._spool, *self._adopted] if s is not None and s.entries]
+        spools: list[Slot] = [s for s in [self._spool, *self._adopted] if s is not None and s.entries]
         if not spools or timeout <= 0:
             return
         deadline = time.monotonic() + timeout
@@ -142,8 +141,8 @@ class Delivery:
                   ", ".join(str(s.directory) for s in left), why)
 
     async def stop(self) -> None:
-        """Stop draining (what is left stays on disk for the next start), then flush Kafka."""
-        tasks = [t for t in [self._draining, *self._adopted.values()] if t is not None]
+        """Stop draining and adopting (what is left stays on disk for the next start), then flush Kafka."""
+        tasks = [t for t in [self._adopting, self._draining, *self._adopted.values()] if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -166,7 +165,7 @@ class Delivery:
                 raise Unavailable(f"{exc}{problem}") from None
             return False
         reason = "the spool is still being delivered"
-        if await spool.bypass():
+        if await spool.vet_direct():
             if self._publisher.ready:
                 try:
                     await self._publisher.publish(records)
@@ -181,19 +180,36 @@ class Delivery:
             self._metrics.spool_errors.inc()
             raise Unavailable(f"{reason}, and {exc}") from None
         self._metrics.spooled.inc()
-        if self._outage_started is None:
-            self._outage_started = time.monotonic()
-            log.warning("outage mode: %s; pushes are kept in the spool %s and delivered later",
-                        reason, spool.directory)
-        self._outage_spooled += 1
-        self._wake.set()
+        self._outage.spooled(reason, spool.directory)
+        self._drainer.wake()
         return True
 
-    # -- draining -----------------------------------------------------------------------------------
+    # -- slots left behind ------------------------------------------------------------------------
 
-    def _waiting(self, spool: Spool) -> None:
-        """The drainer has nothing to deliver from `spool` now: the outage may be over."""
-        if spool is self._spool and self._outage_started is not None and spool.idle:
-            log.warning("outage mode ended: %d pushes went through the spool in %.1f s and are all in Kafka",
-                        self._outage_spooled, time.monotonic() - self._outage_started)
-            self._outage_started, self._outage_spooled = None, 0
+    async def _adopt_forever(self, spool: OwnSlot) -> None:
+        """About twice a second, claim the slots that replicas which are gone left behind with
+        pushes in them, and deliver each until it is empty, then release it."""
+        problem = ""
+        while True:
+            await asyncio.sleep(ADOPT_EVERY_S)
+            try:
+                found = await spool.adopt_left_behind({s.name for s in self._adopted})
+                problem = ""
+            except OSError as exc:
+                if str(exc) != problem:
+                    problem = str(exc)
+                    log.error("looking for spool slots left behind under %s failed: %s; trying again",
+                              spool.directory.parent, exc)
+                continue
+            for slot in found:
+                log.warning("delivering spool slot %s left behind by a replica that is gone (%d pushes)",
+                            slot.directory, slot.entries)
+                self._adopted[slot] = asyncio.create_task(self._deliver_adopted(slot), name=f"adopted-{slot.name}")
+
+    async def _deliver_adopted(self, slot: AdoptedSlot) -> None:
+        try:
+            await self._drainer.deliver(slot)
+            log.warning("spool slot %s left behind is delivered; released", slot.directory)
+        finally:
+            await slot.close()
+            self._adopted.pop(slot, None)

@@ -24,7 +24,7 @@ from .delivery import Delivery
 from .kafka.credentials import Credentials
 from .metrics import Metrics
 from .publisher import Publisher
-from .spool import Spool
+from .spool import adopt_left_behind
 from .supervisor import Supervisor
 
 NOT_DONE = 3
@@ -33,7 +33,7 @@ NOT_DONE = 3
 async def drain(settings: Settings, root: Path, timeout_s: float, say: Callable[[str], object] = print) -> int:
     metrics = Metrics()
     try:
-        spools, busy = await Spool.left_behind(root, settings.spool_max_bytes, metrics.spool_corrupt.inc)
+        spools, busy = await adopt_left_behind(root, metrics.spool_corrupt.inc)
     except OSError as exc:
         say(f"{root}: the spool cannot be read ({exc.strerror or exc})")
         return NOT_DONE

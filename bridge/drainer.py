@@ -17,14 +17,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from typing import Protocol
 
 import msgpack
 
 from .metrics import Metrics
-from .publisher import Publisher, PublishError
+from .outage import Outage
+from .publisher import PublishError
 from .records import Record
-from .spool import Entry, Spool, SpoolError
+from .spool import Entry, OwnSlot, Slot, SpoolError
 
 log = logging.getLogger("bridge.delivery")
 SPOOLED_HEADER = ("bridge_spooled", b"true")
@@ -61,33 +62,46 @@ def waves(records: list[list[Record]]) -> list[list[int]]:
 
 
 
-class Drainer:
-    """Drains spools through `publisher`. `wake` is set when there is new work (a push spooled);
-    `on_waiting(spool)` is called whenever a spool has nothing it may deliver now."""
+class Batches(Protocol):
+    """What the drainer needs of the publisher."""
 
-    def __init__(self, publisher: Publisher, metrics: Metrics, wake: asyncio.Event,
-                 on_waiting: Callable[[Spool], None]) -> None:
+    @property
+    def ready(self) -> bool: ...
+
+    async def publish_batch(self, records: list[Record], timeout: float | None = None) -> None: ...
+
+
+class Drainer:
+    """Drains slots through `publisher`. `wake()`: there is new work (a push was spooled). `outage`
+    hears whenever the replica's own slot (the one `run` drains) is idle."""
+
+    def __init__(self, publisher: Batches, metrics: Metrics, outage: Outage | None = None) -> None:
         self._publisher = publisher
         self._metrics = metrics
-        self._wake = wake
-        self._on_waiting = on_waiting
+        self._outage = outage or Outage()
+        self._wake = asyncio.Event()
 
-    async def deliver(self, spool: Spool, deadline: float | None = None) -> bool:
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def deliver(self, spool: Slot, deadline: float | None = None) -> bool:
         """Drain `spool` until it is empty (True), or until `deadline` (monotonic) passes (False)."""
         failing = ""
         while spool.entries and (deadline is None or time.monotonic() < deadline):
             failing = await self._drain_step(spool, deadline, failing)
         return spool.entries == 0
 
-    async def run(self, spool: Spool) -> None:
-        """Deliver the spool's entries for as long as the process runs. A disk error while reading or
-        acknowledging is counted and tried again (entries published but not acknowledged to the
+    async def run(self, spool: OwnSlot) -> None:
+        """Deliver the replica's own slot for as long as the process runs. A disk error while reading
+        or acknowledging is counted and tried again (entries published but not acknowledged to the
         spool are published again later, with the same ce_id); it never stops the drainer."""
         failing = ""
         while True:
+            if spool.idle and self._outage.on:
+                self._outage.idle()
             failing = await self._drain_step(spool, None, failing)
 
-    async def _drain_step(self, spool: Spool, deadline: float | None, failing: str) -> str:
+    async def _drain_step(self, spool: Slot, deadline: float | None, failing: str) -> str:
         """One step of draining; returns the problem it ran into, if it is still the same one."""
         try:
             await self._drain_some(spool, deadline)
@@ -100,10 +114,9 @@ class Drainer:
             return str(exc)
         return ""
 
-    async def _drain_some(self, spool: Spool, deadline: float | None = None) -> None:
+    async def _drain_some(self, spool: Slot, deadline: float | None = None) -> None:
         if not spool.deliverable or not self._publisher.ready:
-            self._on_waiting(spool)
-            if spool.entries and await spool.settle():
+            if spool.entries and await spool.release_holds():
                 return  # a hold ended: go on at once
             self._wake.clear()
             wait = HOLD_POLL_S if spool.holding else DRAIN_RETRY_S
@@ -125,7 +138,7 @@ class Drainer:
             await spool.ack(chunk)
             self._metrics.drained.inc(len(chunk))
 
-    async def _publish_chunk(self, spool: Spool, chunk: list[Entry]) -> bool:
+    async def _publish_chunk(self, spool: Slot, chunk: list[Entry]) -> bool:
         """Each wave in one batched publish (a wave holds one entry per agent at most), waiting
         for its acknowledgement before the next; pushes arriving meanwhile are served between."""
         records = [await self._decode(spool, entry) for entry in chunk]
@@ -140,7 +153,7 @@ class Drainer:
             await asyncio.sleep(0)
         return True
 
-    async def _set_aside_refused(self, spool: Spool, chunk: list[Entry], records: list[list[Record]],
+    async def _set_aside_refused(self, spool: Slot, chunk: list[Entry], records: list[list[Record]],
                                  wave: list[int]) -> bool:
         """Kafka refused some records for good: publish the wave's entries one by one and set aside
         those it refuses, so one oversized push cannot hold up every push behind it. False if
@@ -157,7 +170,7 @@ class Drainer:
                           len(records[i]), exc, kept)
         return True
 
-    async def _decode(self, spool: Spool, entry: Entry) -> list[Record]:
+    async def _decode(self, spool: Slot, entry: Entry) -> list[Record]:
         try:
             return decode(entry.payload)
         except (ValueError, TypeError, msgpack.exceptions.UnpackException) as exc:  # intact frame, foreign payload

@@ -16,7 +16,7 @@ from .connections import CUT_REASONS, PHASES
 if TYPE_CHECKING:
     from .connections import Connections
     from .risk import AgentRisk
-    from .spool import Spool
+    from .spool import AdoptedSlot, OwnSlot
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RISK_THRESHOLDS_S = (30, 60)
@@ -87,10 +87,10 @@ class Metrics:
         for reason in QUARANTINE_REASONS:  # exported as 0 from the start, so rate() and alerts see them
             self.quarantined.labels(reason)
 
-    def watch_spool(self, spool: Spool | None, adopted: Callable[[], list[Spool]] = list) -> None:
+    def watch_spool(self, spool: OwnSlot | None, adopted: Callable[[], list[AdoptedSlot]] = list) -> None:
         """Gauges read from the spool (and the slots this replica delivers for replicas that are
         gone, `adopted`) at each scrape (all 0 when the bridge runs without one)."""
-        def gauge(name: str, text: str, read: Callable[[Spool], float]) -> None:
+        def gauge(name: str, text: str, read: Callable[[OwnSlot], float]) -> None:
             Gauge(name, text, registry=self.registry).set_function(lambda: 0 if spool is None else read(spool))
 
         gauge("bridge_spool_bytes", "Bytes of spool files on disk.", lambda s: s.bytes)
@@ -108,7 +108,7 @@ class Metrics:
         gauge("bridge_spool_adopted_entries", "Pushes not yet delivered in the slots this replica adopted.",
               lambda s: sum(a.entries for a in adopted()))
         gauge("bridge_spool_orphaned_slots", "Slots of the spool volume with undelivered pushes and no process "
-              "delivering them, at the last look (about every 0.5 s).", lambda s: s.orphaned)
+              "delivering them, at the last look (about every 0.5 s).", lambda s: len(s.orphaned))
 
     def watch_risk(self, risk: AgentRisk) -> None:
         for seconds in RISK_THRESHOLDS_S:

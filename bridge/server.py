@@ -22,17 +22,18 @@ from .delivery import Delivery
 from .kafka.credentials import Credentials
 from .kafka.patch import give_aiokafka_the_loop
 from .listener import Server, management_config, push_config
+from .membership import Membership
 from .metrics import Metrics
 from .publisher import Publisher
 from .risk import AgentRisk
-from .spool import Spool, SpoolError
+from .spool import OwnSlot, SpoolError
 from .supervisor import Supervisor
 from .watch import SecretError, Watcher, watch_bridge_files
 
 log = logging.getLogger("bridge")
 
 
-def open_spool(settings: config.Settings, on_damage: Callable[[int], object]) -> tuple[Spool | None, str]:
+def open_spool(settings: config.Settings, on_damage: Callable[[int], object]) -> tuple[OwnSlot | None, str]:
     """The recovered outage spool, or None and why. A spool that cannot be opened does not stop the
     bridge (pushes still go to Kafka while it is usable); readiness and metrics show the problem.
     `on_damage(n)` is told of damaged entries, from recovery on."""
@@ -41,7 +42,7 @@ def open_spool(settings: config.Settings, on_damage: Callable[[int], object]) ->
                     "an outage longer than 2 minutes gets agents signed out by the gateway")
         return None, ""
     try:
-        spool = Spool.open(settings.spool_dir, settings.spool_max_bytes, on_damage=on_damage,
+        spool = OwnSlot.open(settings.spool_dir, settings.spool_max_bytes, on_damage=on_damage,
                            join_window_s=settings.join_window_s)
     except SpoolError as exc:
         log.error("outage spool unavailable: %s; pushes are refused with 503 whenever Kafka cannot take them", exc)
@@ -73,10 +74,11 @@ async def run(settings: config.Settings, make_publisher: Callable[..., Publisher
         return False
     publisher = make_publisher(settings, metrics, Supervisor(settings, metrics, credentials))
     delivery = Delivery(publisher, spool, metrics, spool_problem)
-    push = Server(push_config(settings, create_app(settings, delivery, metrics, risk, auth), certificate),
-                  owns_signals=True, before_shutdown=lambda: delivery.serve(False))
+    membership = Membership(delivery)
+    push = Server(push_config(settings, create_app(settings, delivery, membership, metrics, risk, auth), certificate),
+                  owns_signals=True, before_shutdown=membership.depart)
     management = Server(management_config(settings, create_management_app(
-        delivery, metrics, lambda: push.should_exit, files.describe)), owns_signals=False)
+        delivery, membership, metrics, files.describe)), owns_signals=False)
     metrics.watch_connections(push.config.connections, management.config.connections)
     management_task = asyncio.create_task(management.serve(), name="management-server")
     watch_task = asyncio.create_task(files.run(), name="secret-files")

@@ -17,20 +17,13 @@ its drainer stops at the cut; the hold ends once every waited-for slot has deliv
 fsync'd before any entry after its cut is, so whoever delivers the slot later (the owner
 restarted, a replica adopting it, `cc-bridge drain`) keeps it.
 
-Why nothing waits forever, once Kafka is usable and every slot is being delivered (by its owner or
-an adopter): every hold H has a moment T(H) such that its entries after the cut were appended after
-T(H), and every entry it waits for was written by an owner that took all of its own holds before
-T(H): a joining replica appends nothing until it has read the others' ends, and a departure is
-acted on only after the departed owner stopped taking pushes (gone, or state written), and an
-owner takes no hold once it left. So an entry waited for is held back, if at all, only by holds
-older than the one waiting; following who waits for whom, hold times strictly decrease, and the
-chain ends at entries before every cut, which are delivered. In particular the entries of an
-adopted slot before its own cuts are always delivered, whoever holds for that slot.
+Why no hold waits forever is argued in docs/delivery.md ("Why every hold ends").
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -75,7 +68,7 @@ class Holds:
         self._holds = holds
 
     @classmethod
-    def load(cls, directory: Path, rewritten: set[int]) -> Holds:
+    def load(cls, directory: Path, rewritten: Collection[int]) -> Holds:
         """The holds kept in the slot (blocking: at recovery). A cut inside a segment that recovery
         rewrote (damage cut out, offsets moved) goes back to the start of that segment: waiting
         for more is safe, letting a later entry through is not."""
@@ -127,9 +120,9 @@ class Holds:
                         "of agents that may have moved here", self._directory.name, hold.cut, describe([hold]))
         self._holds.append(hold)
 
-    async def settle(self, io: Files) -> bool:
-        """Drop the marks other slots have delivered past, and the holds left with none; True if a
-        hold ended."""
+    async def release_delivered(self, io: Files) -> bool:
+        """Look at the slots waited for; drop the marks they have delivered past, and the holds left
+        with none (rewriting the holds file); True if a hold ended."""
         if not self._holds:
             return False
         names = {name for h in self._holds for name, _ in h.waits}

@@ -1,6 +1,7 @@
 """What a spool slot holds and where delivery stands: its segments, the head, the counts, and the
-names of its files. Bookkeeping in memory only; the writer, the reader and recovery change it and
-do the file operations that go with each change (through bridge/spool/files.py).
+names of its files. Bookkeeping in memory only: the ledger owns these figures and changes them
+through its methods; the writer, the reader and recovery call them and do the file operations that
+go with each change (through bridge/spool/files.py).
 
 Layout of a slot directory:
     lock           flock'd by the process using the slot (its owner, or one delivering it for an owner
@@ -40,16 +41,58 @@ class Segment:
 
 
 class Ledger:
+    """The slot's bookkeeping. Its figures are read through properties and changed only through
+    the methods below, each of which names the event that changes them: a segment found at
+    recovery, an append made durable, a delivered prefix, a segment retired."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.segments: list[Segment] = []    # oldest first; the last one may be open for appends
-        self.head = 0                        # offset of the next entry to deliver, in segments[0]
-        self.next_id = 1                     # segment ids only grow, even across restarts
-        self.entries = 0                     # durable entries not delivered yet
-        self.bytes = 0                       # bytes of every segment file on disk
-        self.oldest_ms: int | None = None    # accepted-at of the next entry to deliver
-        self.added = 0                       # entries appended since the slot was opened
-        self.rewritten: set[int] = set()     # segments recovery rewrote (their offsets changed)
+        self._segments: list[Segment] = []   # oldest first; the last one may be open for appends
+        self._head = 0                       # offset of the next entry to deliver, in segments[0]
+        self._next_id = 1                    # segment ids only grow, even across restarts
+        self._entries = 0                    # durable entries not delivered yet
+        self._bytes = 0                      # bytes of every segment file on disk
+        self._oldest_ms: int | None = None   # accepted-at of the next entry to deliver
+        self._added = 0                      # entries appended since the slot was opened
+        self._rewritten: set[int] = set()    # segments recovery rewrote (their offsets changed)
+
+    # -- what it says --------------------------------------------------------------------------------
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        return tuple(self._segments)
+
+    @property
+    def oldest(self) -> Segment | None:
+        return self._segments[0] if self._segments else None
+
+    @property
+    def head(self) -> int:
+        return self._head
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
+
+    @property
+    def entries(self) -> int:
+        return self._entries
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def oldest_ms(self) -> int | None:
+        return self._oldest_ms
+
+    @property
+    def added(self) -> int:
+        return self._added
+
+    @property
+    def rewritten(self) -> frozenset[int]:
+        return frozenset(self._rewritten)
 
     # -- names -------------------------------------------------------------------------------------
 
@@ -66,33 +109,55 @@ class Ledger:
     @property
     def end(self) -> Position:
         """Where the next entry will be: every durable entry is before it, every later one is not."""
-        if not self.segments:
-            return self.next_id, 0
-        return self.segments[-1].id, self.segments[-1].size
+        if not self._segments:
+            return self._next_id, 0
+        return self._segments[-1].id, self._segments[-1].size
 
     @property
     def head_position(self) -> Position:
         """Where the next entry to deliver is (the end when there is none)."""
-        if not self.segments:
-            return self.next_id, 0
-        return self.segments[0].id, self.head
+        if not self._segments:
+            return self._next_id, 0
+        return self._segments[0].id, self._head
+
+    # -- recovery ------------------------------------------------------------------------------------
+
+    def ids_from(self, highest: int) -> None:
+        """New segments get ids above `highest` (the highest id seen on disk or in the position file)."""
+        self._next_id = max(self._next_id, highest + 1)
+
+    def found(self, segment_id: int, size: int, entries: int, first_ms: int | None, head: int = 0,
+              rewritten: bool = False) -> None:
+        """Recovery checked a segment of `size` bytes holding `entries` undelivered entries, the first
+        accepted at `first_ms`; `head`: where delivery resumes in it (the oldest segment only)."""
+        if not self._segments:
+            self._head = head
+        self._segments.append(Segment(segment_id, self.path(segment_id), size))
+        self._bytes += size
+        self._entries += entries
+        if self._oldest_ms is None:
+            self._oldest_ms = first_ms
+        if rewritten:
+            self._rewritten.add(segment_id)
 
     # -- appending -----------------------------------------------------------------------------------
 
     @property
     def open_segment(self) -> Segment | None:
         """The newest segment if it is still open for appends."""
-        if self.segments and self.segments[-1].fd is not None:
-            return self.segments[-1]
+        if self._segments and self._segments[-1].fd is not None:
+            return self._segments[-1]
         return None
 
-    def start_segment(self, fd: int) -> int | None:
+    def start_segment(self, fd: int) -> tuple[Segment, int | None]:
         """The segment just created at path(next_id), open for appends at `fd`, becomes the newest.
-        Returns the descriptor of the segment that took appends until now, for the caller to close."""
+        Returns it, and the descriptor of the segment that took appends until now, for the caller
+        to close."""
         previous = self.stop_appends()
-        self.segments.append(Segment(self.next_id, self.path(self.next_id), 0, fd))
-        self.next_id += 1
-        return previous
+        segment = Segment(self._next_id, self.path(self._next_id), 0, fd)
+        self._segments.append(segment)
+        self._next_id += 1
+        return segment, previous
 
     def stop_appends(self) -> int | None:
         """The newest segment takes no more appends; returns its descriptor for the caller to close."""
@@ -105,40 +170,49 @@ class Ledger:
     def appended(self, segment: Segment, size: int, count: int, first_ms: int) -> None:
         """`count` entries of `size` bytes in all, the first accepted at `first_ms`, are durable."""
         segment.size += size
-        self.bytes += size
-        if self.entries == 0:
-            self.oldest_ms = first_ms
-        self.entries += count
-        self.added += count
+        self._bytes += size
+        if self._entries == 0:
+            self._oldest_ms = first_ms
+        self._entries += count
+        self._added += count
 
     # -- delivering ----------------------------------------------------------------------------------
 
     def delivered(self, end: int, count: int) -> None:
         """`count` entries of the head segment, up to offset `end`, are in Kafka."""
-        self.head = end
-        self.entries -= count
+        self._head = end
+        self._entries -= count
+
+    def skip_damage(self, end: int) -> None:
+        """The head segment holds only damage (moved aside) up to `end`."""
+        self._head = end
 
     def retire_head(self) -> Segment:
         """Forget the oldest segment (fully delivered); the caller deletes its file."""
-        segment = self.segments.pop(0)
-        self.head = 0
-        self.bytes -= segment.size
+        segment = self._segments.pop(0)
+        self._head = 0
+        self._bytes -= segment.size
         return segment
 
-    def settle(self) -> tuple[Path, int] | None:
+    def recount(self) -> tuple[Path, int] | None:
         """Recount after the head moved: nothing left on disk means nothing undelivered (damage
         found while reading may have covered entries that were counted when written). Returns
-        where the next entry's header is, to read its time from, or None."""
-        left = any(s.size > (self.head if i == 0 else 0) for i, s in enumerate(self.segments))
-        self.entries = max(self.entries, 1) if left else 0
+        where the next entry's header is, to read its time from (then `oldest_read`), or None."""
+        left = any(s.size > (self._head if i == 0 else 0) for i, s in enumerate(self._segments))
+        self._entries = max(self._entries, 1) if left else 0
         where = self.next_header()
         if where is None:
-            self.oldest_ms = None
+            self._oldest_ms = None
         return where
 
+    def oldest_read(self, where: tuple[Path, int], accepted_ms: int) -> None:
+        """The header at `where` (from `recount`) says `accepted_ms`; kept if it is still the next one."""
+        if self.next_header() == where:
+            self._oldest_ms = accepted_ms
+
     def next_header(self) -> tuple[Path, int] | None:
-        for segment in self.segments:
-            at = self.head if segment is self.segments[0] else 0
+        for index, segment in enumerate(self._segments):
+            at = self._head if index == 0 else 0
             if at + HEADER.size <= segment.size:
                 return segment.path, at
         return None

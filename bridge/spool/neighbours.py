@@ -17,16 +17,14 @@
       ends come first. During the window every vetted batch gets such a hold (when those ends
       moved), so each moved agent's first pushes wait for what the other slots had when they
       arrived; the hold after the window covers the agents that push only later.
-- `scan`, about twice a second: a slot that nobody holds (its `lock` free) with undelivered entries
-  is adopted: claimed, recovered on a thread of its own, and delivered by this process in order,
-  keeping that slot's own holds; the lock is released once it is empty, for a new replica to claim.
-  The slot lock decides every race between adopters, starting replicas and `cc-bridge drain`.
+
+It is the gate of the slot's writer (bridge/spool/writer.py): appends are taken while it serves,
+and each batch is vetted before it is written. Slots left behind are found by
+bridge/spool/slots.py's `left_behind` and adopted by the owner's front (bridge/spool/own.py).
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -37,13 +35,7 @@ from . import files
 from .files import Files
 from .holds import Hold, Holds
 from .ledger import Ledger, Position
-from .slots import PREFIX, Board, Owner, State, View, look, owed, slot_number
-from .writer import Writer
-
-log = logging.getLogger("bridge.spool")
-
-SCAN_S = 0.5
-Adopt = Callable[[Path, int], Awaitable[None]]  # (slot directory, its lock descriptor)
+from .slots import PREFIX, Board, Owner, State, View, look, owed
 
 
 def look_at(directories: list[Path], full: bool) -> list[View]:
@@ -51,9 +43,11 @@ def look_at(directories: list[Path], full: bool) -> list[View]:
 
 
 class Neighbours:
-    def __init__(self, ledger: Ledger, writer: Writer, holds: Holds, io: Files, board: Board, number: int,
+    """The owner of a slot among the others of its root (see the module's description)."""
+
+    def __init__(self, ledger: Ledger, holds: Holds, io: Files, board: Board, number: int,
                  join_window_s: float) -> None:
-        self._ledger, self._writer, self._holds, self._io = ledger, writer, holds, io
+        self._ledger, self._holds, self._io = ledger, holds, io
         self._board, self._number, self._join_window_s = board, number, join_window_s
         self._joining_until: float | None = None  # the join window's end; None once its last hold is taken
         self._marked: dict[str, Position] = {}    # the latest marks of join-window holds
@@ -64,12 +58,16 @@ class Neighbours:
         self._turn = asyncio.Lock()       # join and leave, one at a time
         self._vets_started = self._vets_done = 0
         self._vet: asyncio.Future[None] | None = None
-        self._scanner: asyncio.Task[None] | None = None
-        self.adopted: set[str] = set()
-        self.orphaned: list[str] = []      # slots with undelivered entries nobody delivers (last scan)
+        self._taking = False              # appends are taken (set after a join, cleared first when leaving)
 
     @property
     def serving(self) -> bool:
+        """Appends are taken now (the writer's gate)."""
+        return self._taking
+
+    @property
+    def joined(self) -> bool:
+        """The others see this replica serving (its state says so)."""
         return self._state.serving
 
     def announce(self) -> None:
@@ -85,15 +83,16 @@ class Neighbours:
                 return
             await self._publish(replace(self._state, serving=True))
             self._joining_until, self._marked = time.monotonic() + self._join_window_s, {}
-            self._writer.serving = True
+            self._taking = True
 
-    async def leave(self) -> None:
-        """Stop taking pushes into the spool; return once the others can see where it ends."""
+    async def leave(self, quiet: Callable[[], Awaitable[None]]) -> None:
+        """Stop taking pushes into the spool, wait for `quiet()` (the appends under way), and return
+        once the others can see where the spool ends."""
         async with self._turn:
             if not self._state.serving:
                 return
-            self._writer.serving = False
-            await self._writer.quiet()
+            self._taking = False
+            await quiet()
             state = self._state
             await self._publish(replace(state, serving=False, departures=state.departures + 1,
                                         departed_at=self._ledger.end))
@@ -149,65 +148,8 @@ class Neighbours:
         await self._io.run(files.save, self._directory / "state", state.text())
         self._state = state
 
-    # -- adoption ---------------------------------------------------------------------------------
-
-    def watch(self, adopt: Adopt) -> None:
-        """Scan the root for slots left behind, adopting them with `adopt`, until close."""
-        if self._scanner is None:
-            self._scanner = asyncio.create_task(self._scan_forever(adopt), name="spool-neighbours")
-
-    async def _scan_forever(self, adopt: Adopt) -> None:
-        problem = ""
-        while True:
-            await asyncio.sleep(SCAN_S)
-            try:
-                await self.scan(adopt)
-                problem = ""
-            except OSError as exc:
-                if str(exc) != problem:
-                    problem = str(exc)
-                    log.error("looking for spool slots left behind under %s failed: %s; trying again",
-                              self._directory.parent, exc)
-
-    async def scan(self, adopt: Adopt) -> None:
-        orphaned = []
-        for directory in await self._io.run(files.slot_directories, self._directory.parent, PREFIX):
-            number = slot_number(directory)
-            if directory == self._directory or directory.name in self.adopted or number is None:
-                continue
-            fd = await self._io.run(files.claim, directory)
-            if fd is None:
-                continue  # its owner, or another process delivering it, holds it
-            view = await self._io.run(look, directory, True)
-            end = view.end()
-            if end is None or view.delivered(end):
-                self._board.mark(number, False)
-                await self._io.run(files.close, fd)
-                continue
-            if not self._state.serving:  # leaving: others adopt it
-                await self._io.run(files.close, fd)
-                orphaned.append(directory.name)
-                continue
-            try:
-                await adopt(directory, fd)
-            except Exception as exc:  # any failure: the slot stays for another scan
-                log.error("could not adopt spool slot %s left behind: %s; trying again", directory, exc)
-                orphaned.append(directory.name)
-            else:
-                self.adopted.add(directory.name)
-        if orphaned != self.orphaned:
-            if orphaned:
-                log.warning("spool slots %s hold pushes and nobody delivers them", ", ".join(orphaned))
-            self.orphaned = orphaned
-
-    def released(self, name: str) -> None:
-        self.adopted.discard(name)
-
     async def close(self) -> None:
-        if self._scanner is not None:
-            self._scanner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scanner
+        self._taking = False
         if self._alive_fd is not None:
             await self._io.run(files.close, self._alive_fd)
             self._alive_fd = None

@@ -8,6 +8,7 @@ were written) is moved aside to corrupt/ and reported, never skipped silently.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,6 @@ from . import files
 from .files import Files
 from .format import HEADER, Entry, accepted_at, scan
 from .ledger import Ledger, OnDamage, Position
-from .writer import Writer
 
 log = logging.getLogger("bridge.spool")
 
@@ -24,11 +24,15 @@ Folder = Literal["corrupt", "refused"]
 
 
 class Reader:
-    def __init__(self, ledger: Ledger, io: Files, writer: Writer, on_damage: OnDamage) -> None:
+    """Reads and acknowledges a slot's entries. `appending()` says whether appends are waiting or
+    being written (the open segment may still grow); a slot that takes no pushes has none."""
+
+    def __init__(self, ledger: Ledger, io: Files, on_damage: OnDamage,
+                 appending: Callable[[], bool] = lambda: False) -> None:
         self._ledger = ledger
         self._io = io
-        self._writer = writer
         self._on_damage = on_damage
+        self._appending = appending
 
     async def read(self, limit: int = READ_BYTES, before: Position | None = None) -> list[Entry]:
         """The next durable, undelivered entries, in order: about `limit` bytes of them (more if
@@ -36,8 +40,7 @@ class Reader:
         is never held up by a whole segment. With `before`, only entries before that position
         (a hold's cut, always the end of an entry)."""
         ledger = self._ledger
-        while ledger.segments:
-            segment = ledger.segments[0]
+        while (segment := ledger.oldest) is not None:
             head, size = ledger.head, segment.size
             if before is not None and (segment.id, head) >= before:
                 return []
@@ -67,8 +70,8 @@ class Reader:
             if end < size:  # one entry larger than the limit
                 limit = size - head
                 continue
-            ledger.head = size  # only damage there
-            await self._settle()
+            ledger.skip_damage(size)  # only damage there
+            await self._recount()
         return []
 
     async def ack(self, entries: list[Entry]) -> None:
@@ -77,9 +80,10 @@ class Reader:
             return
         ledger = self._ledger
         ledger.delivered(entries[-1].end, len(entries))
-        if ledger.head >= ledger.segments[0].size:
+        oldest = ledger.oldest
+        if oldest is not None and ledger.head >= oldest.size:
             await self._retire_head()
-        await self._settle()
+        await self._recount()
         await self._io.run(files.save, ledger.position_path, ledger.position_text())
 
     async def set_aside(self, entry: Entry, folder: Folder) -> Path:
@@ -102,8 +106,9 @@ class Reader:
         """Delete the fully delivered oldest segment, unless appends may still go to it."""
         ledger = self._ledger
         fd = None
-        if ledger.segments[0].fd is not None:  # the newest segment, open for appends
-            if self._writer.busy:
+        oldest = ledger.oldest
+        if oldest is not None and oldest.fd is not None:  # the newest segment, open for appends
+            if self._appending():
                 return False
             fd = ledger.stop_appends()
         segment = ledger.retire_head()
@@ -112,12 +117,11 @@ class Reader:
         await self._io.run(files.remove, segment.path)
         return bool(ledger.segments)
 
-    async def _settle(self) -> None:
+    async def _recount(self) -> None:
         """Recount after the head moved, and read the time of the next entry to deliver."""
-        where = self._ledger.settle()
+        where = self._ledger.recount()
         if where is None:
             return
         path, at = where
         header = await self._io.run(files.read_range, path, at, at + HEADER.size)
-        if self._ledger.next_header() == where:
-            self._ledger.oldest_ms = accepted_at(header)
+        self._ledger.oldest_read(where, accepted_at(header))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import files
 from .format import Entry, scan
-from .ledger import SEGMENT_SUFFIX, Ledger, OnDamage, Segment, parse_position
+from .ledger import SEGMENT_SUFFIX, Ledger, OnDamage, parse_position
 
 log = logging.getLogger("bridge.spool")
 
@@ -22,7 +22,7 @@ def recover(directory: Path, on_damage: OnDamage) -> Ledger:
     ledger = Ledger(directory)
     ids = sorted(int(p.stem) for p in files.listing(directory, f"*{SEGMENT_SUFFIX}") if p.stem.isdigit())
     position = read_position(ledger)
-    ledger.next_id = max([*ids, position[0] if position else 0]) + 1
+    ledger.ids_from(max([*ids, position[0] if position else 0]))
     for index, segment_id in enumerate(ids):
         path = ledger.path(segment_id)
         if position and segment_id < position[0]:
@@ -66,14 +66,10 @@ def recover_segment(ledger: Ledger, segment_id: int, start: int, newest: bool) -
     if damaged:  # keep the valid frames only, switching files atomically; deliver it from its start
         data = b"".join(data[e.offset:e.end] for e in kept)
         files.rewrite(path, data)
-        ledger.rewritten.add(segment_id)
         kept, start = [e for e in scan(data, segment_id) if isinstance(e, Entry)], 0
+    head = 0
     if not ledger.segments:  # the oldest segment: delivery resumes at the recorded position
-        ledger.head = start if start == len(data) or any(e.offset == start for e in kept) else 0
-        kept = [e for e in kept if e.offset >= ledger.head]
-    ledger.segments.append(Segment(segment_id, path, len(data)))
-    ledger.bytes += len(data)
-    ledger.entries += len(kept)
-    if ledger.oldest_ms is None and kept:
-        ledger.oldest_ms = kept[0].accepted_ms
+        head = start if start == len(data) or any(e.offset == start for e in kept) else 0
+        kept = [e for e in kept if e.offset >= head]
+    ledger.found(segment_id, len(data), len(kept), kept[0].accepted_ms if kept else None, head, rewritten=damaged)
     return moved

@@ -29,10 +29,12 @@ volume is one.
 from __future__ import annotations
 
 import mmap
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import files
+from .files import Files
 from .ledger import SEGMENT_SUFFIX, Position, parse_position
 
 SLOTS = 64
@@ -191,3 +193,35 @@ def owed(before: View | None, now: View) -> Position | None:
     if mark is None or now.delivered(mark):
         return None
     return mark
+
+
+@dataclass
+class LeftBehind:
+    """What one look for slots left behind found under a root."""
+
+    claimed: list[tuple[Path, int]] = field(default_factory=list)  # (slot, its lock descriptor)
+    busy: list[str] = field(default_factory=list)  # held by another process (its owner, or an adopter)
+
+
+async def left_behind(io: Files, root: Path, board: Board, skip: Collection[str] = ()) -> LeftBehind:
+    """Claim every slot under `root` that no process holds and that has undelivered entries (for
+    the caller to adopt, or to release); `skip`: slots not to look at (this process's own, those it
+    already delivers). An empty slot found free is marked idle on the board and left. The slot
+    lock decides every race between adopters, starting replicas and `cc-bridge drain`."""
+    found = LeftBehind()
+    for directory in await io.run(files.slot_directories, root, PREFIX):
+        number = slot_number(directory)
+        if number is None or directory.name in skip:
+            continue
+        fd = await io.run(files.claim, directory)
+        if fd is None:
+            found.busy.append(directory.name)
+            continue
+        view = await io.run(look, directory, True)
+        end = view.end()
+        if end is None or view.delivered(end):
+            board.mark(number, False)
+            await io.run(files.close, fd)
+            continue
+        found.claimed.append((directory, fd))
+    return found

@@ -6,15 +6,16 @@ in one write and one fdatasync. A write or fsync error fails every append of tha
 caller answers 503), cuts the unsynced bytes off again, and refuses appends for
 RETRY_AFTER_ERROR_S. New appends after a start always begin a new segment.
 
-Appends are taken only while the slot's owner serves (bridge/spool/neighbours.py); before each
-batch is written, the `vet` hook may take a hold whose cut is the end before the batch.
+Appends are taken only while the slot's gate (its owner among the other replicas,
+bridge/spool/neighbours.py) says it serves; before each batch is written, the gate's `vet` may take
+a hold whose cut is the end before the batch.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from . import files
 from .files import Files
@@ -33,13 +34,24 @@ class SpoolError(Exception):
     """The spool cannot keep an entry now (full, disk error, closed); the message says which."""
 
 
+class Gate(Protocol):
+    """What the writer asks of the slot's owner before it writes."""
+
+    @property
+    def serving(self) -> bool:
+        """Appends are taken now."""
+
+    async def vet(self) -> None:
+        """Take whatever hold the next batch needs (its cut: the end before the batch)."""
+
+
+NOT_SERVING = "this replica takes no pushes into its spool now (it is leaving, or not ready)"
+
+
 class Writer:
-    def __init__(self, ledger: Ledger, io: Files, max_bytes: int, segment_bytes: int,
-                 vet: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, ledger: Ledger, io: Files, max_bytes: int, segment_bytes: int, gate: Gate) -> None:
         self._ledger = ledger
-        self.vet = vet
-        self.serving = False  # appends are taken (the owner serves)
-        self.not_serving = "this replica takes no pushes into its spool now (it is leaving, or not ready)"
+        self._gate = gate
         self._io = io
         self.max_bytes = max_bytes
         self._segment_bytes = segment_bytes
@@ -75,8 +87,8 @@ class Writer:
         """Return once the entry is durable on disk; raise SpoolError if it cannot be kept."""
         if self._closed or time.monotonic() < self._broken_until:
             raise SpoolError(self.refusal)
-        if not self.serving:
-            raise SpoolError(self.not_serving)
+        if not self._gate.serving:
+            raise SpoolError(NOT_SERVING)
         data = frame(payload, int(time.time() * 1000))
         if self._ledger.bytes + self._pending_bytes + len(data) > self.max_bytes:
             raise SpoolError(f"the spool is full ({self.max_bytes} bytes)")
@@ -109,8 +121,7 @@ class Writer:
                 batch, size = self._take_batch()
                 self._writing = True
                 try:
-                    if self.vet is not None:
-                        await self.vet()
+                    await self._gate.vet()
                     segment, fd = await self._segment_for(size)
                     await self._io.run(files.append, fd, b"".join(d for d, _ in batch), segment.size)
                 except OSError as exc:
@@ -147,8 +158,7 @@ class Writer:
                 segment.size and segment.size + size > self._segment_bytes):
             return segment, segment.fd
         fd = await self._io.run(files.create, self._ledger.path(self._ledger.next_id))
-        previous = self._ledger.start_segment(fd)
-        segment = self._ledger.segments[-1]
+        segment, previous = self._ledger.start_segment(fd)
         if previous is not None:
             await self._io.run(files.close, previous)
         return segment, fd

@@ -60,10 +60,10 @@ async def test_a_disk_error_while_draining_is_counted_and_tried_again(tmp_path, 
     from bridge import drainer as drainer_module
     from bridge.delivery import Delivery
     from bridge.metrics import Metrics
-    from bridge.spool import Spool
+    from bridge.spool import OwnSlot
 
     monkeypatch.setattr(drainer_module, "DRAIN_RETRY_S", 0.05)
-    spool = Spool.open(tmp_path, 1 << 24)
+    spool = OwnSlot.open(tmp_path, 1 << 24)
     await spool.join()  # takes pushes
     for n in range(3):
         await spool.append(encode([record(b"A", f'{{"n":{n}}}'.encode())]))
@@ -77,7 +77,7 @@ async def test_a_disk_error_while_draining_is_counted_and_tried_again(tmp_path, 
 
     monkeypatch.setattr(spool, "read", read_failing_once)
     publisher, metrics = StandInPublisher(), Metrics()
-    delivery = Delivery(publisher, spool, metrics)  # type: ignore[arg-type]
+    delivery = Delivery(publisher, spool, metrics)
     await delivery.start()
     for _ in range(100):
         if spool.entries == 0:

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from bridge.spool import Spool, SpoolError, claim
+from bridge.spool import OwnSlot, SpoolError, claim
 from bridge.spool import files as spool_files
 from bridge.spool import writer as spool_writer
 from bridge.spool.format import HEADER, Damage, Entry, frame, scan
@@ -18,17 +18,17 @@ from bridge.spool.format import HEADER, Damage, Entry, frame, scan
 MiB = 1 << 20
 
 
-async def serving(spool: Spool) -> Spool:
+async def serving(spool: OwnSlot) -> OwnSlot:
     """The spool as its owner uses it: taking pushes."""
     await spool.join()
     return spool
 
 
-async def fill(spool: Spool, payloads: list[bytes]) -> None:
+async def fill(spool: OwnSlot, payloads: list[bytes]) -> None:
     await asyncio.gather(*(spool.append(p) for p in payloads))
 
 
-async def drain(spool: Spool) -> list[bytes]:
+async def drain(spool: OwnSlot) -> list[bytes]:
     """Everything undelivered, in order, acknowledged as it is read."""
     got = []
     while spool.entries:
@@ -39,7 +39,7 @@ async def drain(spool: Spool) -> list[bytes]:
     return got
 
 
-def segments(spool: Spool) -> list:
+def segments(spool: OwnSlot) -> list:
     return sorted(spool.directory.glob("*.seg"))
 
 
@@ -57,7 +57,7 @@ def test_frames_round_trip_and_damage_is_located():
 
 
 async def test_entries_come_back_in_order_and_delivered_segments_are_deleted(tmp_path):
-    spool = await serving(Spool.open(tmp_path, 64 * MiB, segment_bytes=4096))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB, segment_bytes=4096))
     payloads = [f"push-{n:04d}".encode() * 30 for n in range(200)]
     for start in range(0, 200, 20):  # batches of concurrent appends
         await fill(spool, payloads[start:start + 20])
@@ -73,7 +73,7 @@ async def test_concurrent_appends_share_one_fsync(tmp_path, monkeypatch):
     calls = []
     real = os.fdatasync
     monkeypatch.setattr(spool_files.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
-    spool = await serving(Spool.open(tmp_path, 64 * MiB))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
     await fill(spool, [b"x" * 100] * 500)
     assert spool.entries == 500
     assert 1 <= len(calls) < 50, f"{len(calls)} fsyncs for 500 concurrent appends"
@@ -81,19 +81,19 @@ async def test_concurrent_appends_share_one_fsync(tmp_path, monkeypatch):
 
 
 async def test_acknowledged_position_survives_a_restart(tmp_path):
-    spool = await serving(Spool.open(tmp_path, 64 * MiB))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
     await fill(spool, [b"a", b"b", b"c", b"d"])
     entries = await spool.read()
     await spool.ack(entries[:2])
     await spool.close()
-    spool = await serving(Spool.open(tmp_path, 64 * MiB))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
     assert spool.entries == 2
     assert await drain(spool) == [b"c", b"d"]
     await spool.close()
 
 
-async def write_three(tmp_path) -> tuple[Spool, bytes]:
-    spool = await serving(Spool.open(tmp_path, 64 * MiB))
+async def write_three(tmp_path) -> tuple[OwnSlot, bytes]:
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
     for payload in (b"first" * 10, b"second" * 10, b"third" * 10):
         await spool.append(payload)  # one frame per write, three writes
     await spool.close()
@@ -106,7 +106,7 @@ async def test_a_torn_last_entry_is_cut_at_every_byte_offset(tmp_path):
     path = sorted(tmp_path.glob("slot-0/*.seg"))[0]
     for cut in range(last.offset, last.end):
         path.write_bytes(data[:cut])
-        spool = await serving(Spool.open(tmp_path, 64 * MiB))
+        spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
         assert spool.entries == 2, f"cut at {cut}"
         assert path.stat().st_size == last.offset
         assert await drain_without_deleting(spool) == [b"first" * 10, b"second" * 10]
@@ -114,7 +114,7 @@ async def test_a_torn_last_entry_is_cut_at_every_byte_offset(tmp_path):
         await spool.close()
 
 
-async def drain_without_deleting(spool: Spool) -> list[bytes]:
+async def drain_without_deleting(spool: OwnSlot) -> list[bytes]:
     entries = await spool.read()
     return [e.payload for e in entries]
 
@@ -127,7 +127,7 @@ async def test_a_corrupt_middle_entry_is_moved_aside_and_the_rest_delivered(tmp_
     path = sorted(tmp_path.glob("slot-0/*.seg"))[0]
     path.write_bytes(bytes(broken))
     damage: list[int] = []
-    spool = await serving(Spool.open(tmp_path, 64 * MiB, on_damage=damage.append))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB, on_damage=damage.append))
     assert sum(damage) == 1 and spool.entries == 2
     aside = list((spool.directory / "corrupt").iterdir())
     assert len(aside) == 1 and aside[0].read_bytes() == bytes(broken[middle.offset:middle.end])
@@ -139,14 +139,14 @@ async def test_a_zero_filled_tail_is_cut(tmp_path):
     _, data = await write_three(tmp_path)
     path = sorted(tmp_path.glob("slot-0/*.seg"))[0]
     path.write_bytes(data + b"\0" * 4096)  # size grew, data never written
-    spool = await serving(Spool.open(tmp_path, 64 * MiB))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
     assert spool.entries == 3 and path.stat().st_size == len(data)
     await spool.close()
 
 
 async def test_a_slot_is_used_by_one_process_at_a_time(tmp_path):
-    first = await serving(Spool.open(tmp_path, MiB))
-    second = await serving(Spool.open(tmp_path, MiB))
+    first = await serving(OwnSlot.open(tmp_path, MiB))
+    second = await serving(OwnSlot.open(tmp_path, MiB))
     assert first.directory.name == "slot-0" and second.directory.name == "slot-1"
     assert claim(first.directory) is None  # held: a second claim fails
     await first.close()
@@ -157,7 +157,7 @@ async def test_a_slot_is_used_by_one_process_at_a_time(tmp_path):
 
 
 async def test_a_full_spool_refuses(tmp_path):
-    spool = await serving(Spool.open(tmp_path, max_bytes=1024))
+    spool = await serving(OwnSlot.open(tmp_path, max_bytes=1024))
     await spool.append(b"x" * 500)
     with pytest.raises(SpoolError, match="full"):
         await spool.append(b"y" * 600)
@@ -167,7 +167,7 @@ async def test_a_full_spool_refuses(tmp_path):
 
 async def test_a_failed_fsync_refuses_and_cuts_the_unsynced_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(spool_writer, "RETRY_AFTER_ERROR_S", 0.0)
-    spool = await serving(Spool.open(tmp_path, 64 * MiB))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
     await spool.append(b"kept")
     real = os.fdatasync
 
@@ -181,7 +181,7 @@ async def test_a_failed_fsync_refuses_and_cuts_the_unsynced_bytes(tmp_path, monk
     assert spool.entries == 1
     await spool.append(b"after")
     await spool.close()
-    spool = await serving(Spool.open(tmp_path, 64 * MiB))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
     assert await drain(spool) == [b"kept", b"after"]
     await spool.close()
 
@@ -190,11 +190,11 @@ async def test_an_unusable_directory_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(SpoolError, match="not usable"):
-        Spool.open(blocker / "spool", MiB)
+        OwnSlot.open(blocker / "spool", MiB)
 
 
 async def test_reading_in_small_pieces_keeps_every_entry_whole_and_in_order(tmp_path):
-    spool = await serving(Spool.open(tmp_path, 64 * MiB))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
     payloads = [f"entry-{n}".encode() * (3 if n != 7 else 300) for n in range(40)]  # entry 7 is larger
     for payload in payloads:
         await spool.append(payload)
@@ -219,7 +219,7 @@ def flip_byte(path, offset: int) -> None:
 
 async def test_damage_found_while_reading_is_moved_aside_and_reported(tmp_path):
     damage: list[int] = []
-    spool = await serving(Spool.open(tmp_path, 64 * MiB, on_damage=damage.append))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB, on_damage=damage.append))
     for payload in (b"first" * 10, b"second" * 10, b"third" * 10):
         await spool.append(payload)
     path = segments(spool)[0]
@@ -238,7 +238,7 @@ async def test_damage_found_while_reading_is_moved_aside_and_reported(tmp_path):
 
 async def test_entries_set_aside_are_kept_and_only_corrupt_ones_count_as_damage(tmp_path):
     damage: list[int] = []
-    spool = await serving(Spool.open(tmp_path, 64 * MiB, on_damage=damage.append))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB, on_damage=damage.append))
     for payload in (b"too large for Kafka", b"\xc1 not a record list", b"fine"):
         await spool.append(payload)
     entries = await spool.read()
@@ -249,20 +249,20 @@ async def test_entries_set_aside_are_kept_and_only_corrupt_ones_count_as_damage(
     assert (corrupt.parent, corrupt.read_bytes()) == (spool.directory / "corrupt", b"\xc1 not a record list")
     await spool.ack(entries[:2])
     await spool.close()
-    spool = await serving(Spool.open(tmp_path, 64 * MiB))  # set aside and acknowledged: not delivered again
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))  # set aside and acknowledged: not delivered again
     assert await drain(spool) == [b"fine"]
     await spool.close()
 
 
 async def test_close_waits_for_the_appends_in_progress_then_refuses(tmp_path):
-    spool = await serving(Spool.open(tmp_path, 64 * MiB))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
     appends = [asyncio.create_task(spool.append(b"push-%d" % n)) for n in range(300)]
     await asyncio.sleep(0)  # every append is queued, the first write under way
     await spool.close()
     assert all(task.done() and task.exception() is None for task in appends)
     with pytest.raises(SpoolError, match="closed"):
         await spool.append(b"late")
-    spool = await serving(Spool.open(tmp_path, 64 * MiB))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
     assert await drain(spool) == [b"push-%d" % n for n in range(300)]
     await spool.close()
 
@@ -271,7 +271,7 @@ async def test_once_open_every_file_operation_runs_on_the_spool_thread_not_the_e
     """Appends across segments, reads, damage moved aside, set-asides, acknowledgements (segment
     deletion, the position file) and close: none of them touches a file from the event loop."""
     damage: list[int] = []
-    spool = await serving(Spool.open(tmp_path, 64 * MiB, segment_bytes=4096, on_damage=damage.append))
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB, segment_bytes=4096, on_damage=damage.append))
     seen: dict[str, list[bool]] = {}  # name -> for each call, whether it ran on the event loop's thread
     paused = False
 
