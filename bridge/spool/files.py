@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
@@ -233,6 +234,20 @@ def save(path: Path, text: str) -> None:
 
 def read_text(path: Path) -> str:
     return path.read_text()
+
+
+def probe(directory: Path, room: int) -> None:
+    """Raise OSError unless the file system of `directory` has `room` bytes free for appends and
+    takes one small durable write (the `probe` file of the slot, rewritten each time)."""
+    free = os.statvfs(directory)
+    if free.f_bavail * free.f_frsize < room:
+        raise OSError(errno.ENOSPC, f"less than {room} bytes free")
+    fd = os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"probe\n")
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_directories(path: Path) -> None:

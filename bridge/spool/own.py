@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from .ledger import Ledger, OnDamage
 from .neighbours import Neighbours
 from .slot import Slot, ignore_damage
 from .slots import PREFIX, SLOTS, Board, left_behind, slot_number
-from .writer import SpoolError, Writer
+from .writer import APPEND_DEADLINE_S, SpoolError, Writer, ignore_failure
 
 log = logging.getLogger("bridge.spool")
 
@@ -35,20 +35,25 @@ class OwnSlot(Slot):
 
     def __init__(self, ledger: Ledger, holds: Holds, lock_fd: int, io: Files, board: Board, max_bytes: int,
                  segment_bytes: int = SEGMENT_BYTES, on_damage: OnDamage = ignore_damage,
-                 join_window_s: float = JOIN_WINDOW_S) -> None:
+                 join_window_s: float = JOIN_WINDOW_S, append_deadline_s: float = APPEND_DEADLINE_S,
+                 on_disk_failure: Callable[[str], object] = ignore_failure) -> None:
         number = slot_number(ledger.directory) or 0
         self._neighbours = Neighbours(ledger, holds, io, board, number, join_window_s)
-        self._writer = Writer(ledger, io, max_bytes, segment_bytes, gate=self._neighbours)
+        self._writer = Writer(ledger, io, max_bytes, segment_bytes, self._neighbours, append_deadline_s,
+                              on_disk_failure)
         super().__init__(ledger, holds, lock_fd, io, board, on_damage, appending=lambda: self._writer.busy)
         self._orphaned: list[str] = []  # slots with undelivered entries that nobody delivers (last look)
 
     @classmethod
     def open(cls, root: Path, max_bytes: int, segment_bytes: int = SEGMENT_BYTES,
-             on_damage: OnDamage = ignore_damage, join_window_s: float = JOIN_WINDOW_S) -> OwnSlot:
+             on_damage: OnDamage = ignore_damage, join_window_s: float = JOIN_WINDOW_S,
+             append_deadline_s: float = APPEND_DEADLINE_S,
+             on_disk_failure: Callable[[str], object] = ignore_failure) -> OwnSlot:
         """Claim the first free slot under `root`, recover it and announce this replica (blocking:
         before serving); it takes pushes once it joined. Raises SpoolError if no slot is free or
         the directory is unusable. `on_damage(n)` is told each time n damaged entries are found
-        (and moved aside): at recovery, while reading, or set aside as "corrupt"."""
+        (and moved aside): at recovery, while reading, or set aside as "corrupt";
+        `on_disk_failure(kind)` of each write that failed or stalled (bridge/spool/writer.py)."""
         try:
             files.make_directories(root)
             board = Board.open(root)
@@ -60,7 +65,7 @@ class OwnSlot(Slot):
                 try:
                     ledger, holds = recover_slot(directory, on_damage)
                     spool = cls(ledger, holds, lock_fd, Files(), board, max_bytes, segment_bytes, on_damage,
-                                join_window_s)
+                                join_window_s, append_deadline_s, on_disk_failure)
                     spool._neighbours.announce()
                 except BaseException:
                     files.close(lock_fd)

@@ -165,9 +165,17 @@ async def test_a_full_spool_refuses(tmp_path):
     await spool.close()
 
 
-async def test_a_failed_fsync_refuses_and_cuts_the_unsynced_bytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(spool_writer, "RETRY_AFTER_ERROR_S", 0.0)
-    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
+async def wait_until(condition, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not within the time allowed"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_failed_fsync_refuses_until_a_probe_write_succeeds_and_cuts_the_unsynced_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_writer, "PROBE_EVERY_S", 0.01)
+    failures: list[str] = []
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB, on_disk_failure=failures.append))
     await spool.append(b"kept")
     real = os.fdatasync
 
@@ -177,12 +185,99 @@ async def test_a_failed_fsync_refuses_and_cuts_the_unsynced_bytes(tmp_path, monk
     monkeypatch.setattr(spool_files.os, "fdatasync", failing)
     with pytest.raises(SpoolError, match="Input/output error"):
         await spool.append(b"lost")
+    await asyncio.sleep(0.1)  # ten probes, all failing
+    assert not spool.accepting and "Input/output error" in spool.refusal, "refused steadily, no flapping"
+    with pytest.raises(SpoolError, match="Input/output error"):
+        await spool.append(b"refused at once")
+    assert failures == ["io_error"]
     monkeypatch.setattr(spool_files.os, "fdatasync", real)
+    await wait_until(lambda: spool.accepting)
     assert spool.entries == 1
     await spool.append(b"after")
     await spool.close()
     spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
     assert await drain(spool) == [b"kept", b"after"]
+    await spool.close()
+
+
+async def test_a_stalled_disk_refuses_within_the_deadline_and_the_write_still_lands(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_writer, "PROBE_EVERY_S", 0.01)
+    failures: list[str] = []
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB, append_deadline_s=0.2, on_disk_failure=failures.append))
+    await spool.append(b"first")
+    released = threading.Event()
+    real = os.fdatasync
+
+    def stalled(fd):
+        released.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(spool_files.os, "fdatasync", stalled)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(SpoolError, match=r"did not finish the write within 0\.2 s"):
+        await spool.append(b"stalled")
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert "has not finished a write" in spool.refusal and failures == ["stalled"]
+    waiting = asyncio.ensure_future(spool.append(b"refused"))
+    with pytest.raises(SpoolError, match="has not finished a write"):
+        await waiting
+    monkeypatch.setattr(spool_files.os, "fdatasync", real)
+    released.set()
+    await wait_until(lambda: spool.accepting)
+    assert spool.entries == 2, "the stalled write landed once the disk answered (the gateway's retry is a duplicate)"
+    await spool.append(b"after")
+    assert await drain(spool) == [b"first", b"stalled", b"after"]
+    await spool.close()
+
+
+async def test_an_append_that_waited_past_its_deadline_before_being_written_is_never_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_writer, "PROBE_EVERY_S", 0.01)
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB, append_deadline_s=0.2))
+    released = threading.Event()
+    real = os.fdatasync
+
+    def stalled(fd):
+        released.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(spool_files.os, "fdatasync", stalled)
+    first = asyncio.ensure_future(spool.append(b"being written"))
+    await asyncio.sleep(0.05)
+    queued = asyncio.ensure_future(spool.append(b"queued behind it"))
+    for waiting in (first, queued):
+        with pytest.raises(SpoolError):
+            await waiting
+    monkeypatch.setattr(spool_files.os, "fdatasync", real)
+    released.set()
+    await wait_until(lambda: spool.accepting)
+    assert await drain(spool) == [b"being written"]
+    await spool.close()
+
+
+async def test_a_full_file_system_stays_refused_until_there_is_room_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_writer, "PROBE_EVERY_S", 0.01)
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB))
+    real_write, real_statvfs, free = os.pwrite, os.statvfs, {"bytes": 0}
+
+    def no_space(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    class Stat:
+        def __init__(self, path):
+            self.f_frsize, self.f_bavail = 1, free["bytes"]
+
+    monkeypatch.setattr(spool_files.os, "pwrite", no_space)
+    monkeypatch.setattr(spool_files.os, "statvfs", Stat)
+    with pytest.raises(SpoolError, match="No space left"):
+        await spool.append(b"x")
+    monkeypatch.setattr(spool_files.os, "pwrite", real_write)
+    await asyncio.sleep(0.1)
+    assert not spool.accepting, "a probe write of a few bytes fits, but there is no room for appends"
+    free["bytes"] = 1 << 30
+    await wait_until(lambda: spool.accepting)
+    monkeypatch.setattr(spool_files.os, "statvfs", real_statvfs)
+    await spool.append(b"y")
+    assert await drain(spool) == [b"y"]
     await spool.close()
 
 
