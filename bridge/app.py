@@ -19,7 +19,7 @@ from . import protocol
 from .auth import Authenticator
 from .config import Settings
 from .delivery import Delivery
-from .membership import Membership
+from .membership import ROUTER_HEADER, Membership
 from .metrics import Metrics
 from .protocol import CONTENT_TYPE, Refusal
 from .push import PushEndpoint
@@ -64,7 +64,8 @@ def create_app(settings: Settings, delivery: Delivery, membership: Membership, m
             logging.getLogger("bridge").error("Kafka flush did not finish within %g s", flush_bound)
 
     app = Starlette(exception_handlers={404: not_found}, lifespan=lifespan)
-    return PushFirst(settings.push_path, PushEndpoint(settings, delivery, metrics, risk, auth), app)
+    endpoint = PushEndpoint(settings, delivery, metrics, risk, auth, leaving=lambda: membership.leaving)
+    return PushFirst(settings.push_path, endpoint, app)
 
 
 def create_management_app(delivery: Delivery, membership: Membership, metrics: Metrics,
@@ -77,18 +78,16 @@ def create_management_app(delivery: Delivery, membership: Membership, metrics: M
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        # The verdict reaches the other replicas sharing the spool volume before the router.
-        await membership.answer_probe()
+        # The verdict was applied to the spool before it became the verdict (bridge/membership.py).
+        verdict = membership.probed(ROUTER_HEADER in request.headers)
         info = delivery.describe()
         problems = secret_problems()
         if problems:
             info["secrets"] = problems
-        if membership.departed:
-            return JSONResponse({"status": "not ready", "reason": "shutting down", **info}, 503)
-        if not delivery.ready:
-            return JSONResponse({"status": "not ready", "reason": "pushes cannot be kept: Kafka is not usable "
-                                 "and there is no spool accepting them", **info}, 503)
-        return JSONResponse({"status": "ready", **info})
+        if verdict.ready:
+            return JSONResponse({"status": "ready", **info})
+        status = "leaving" if verdict.status == 404 else "not ready"
+        return JSONResponse({"status": status, "reason": verdict.reason, **info}, verdict.status)
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -22,6 +22,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 RISK_THRESHOLDS_S = (30, 60)
 QUARANTINE_REASONS = ("body", "too_large", "content_type", "events")
 AFFINITY_MISSES = ("no_key", "other_agent")
+DISK_FAILURES = ("no_space", "io_error", "read_only", "stalled", "other")
 
 
 class Metrics:
@@ -53,6 +54,12 @@ class Metrics:
         self.spool_errors = Counter("bridge_spool_errors",
                                     "Pushes the spool could not keep (full, disk error), answered 503.",
                                     registry=registry)
+        self.spool_disk_failures = Counter(
+            "bridge_spool_disk_failures", "Spool writes that failed or took longer than BRIDGE_SPOOL_APPEND_TIMEOUT_S, by "
+            "kind (no_space, io_error, read_only, stalled, other); each makes the spool refuse pushes until a probe "
+            "write succeeds.", ["kind"], registry=registry)
+        for kind in DISK_FAILURES:
+            self.spool_disk_failures.labels(kind)
         self.spool_corrupt = Counter("bridge_spool_corrupt_entries",
                                      "Damaged spool entries moved aside or left out.", registry=registry)
         self.spool_refused = Counter("bridge_spool_refused_entries",
@@ -96,6 +103,10 @@ class Metrics:
         gauge("bridge_spool_bytes", "Bytes of spool files on disk.", lambda s: s.bytes)
         gauge("bridge_spool_entries", "Pushes in the spool not yet delivered to Kafka.", lambda s: s.entries)
         gauge("bridge_spool_accepting", "1 while the spool can keep pushes, else 0.", lambda s: int(s.accepting))
+        if spool is not None:  # names the volume, for the alert
+            Gauge("bridge_spool_volume_failing", "1 while writes to the spool's volume fail or stall (until a probe "
+                  "write succeeds), else 0.", ["directory"], registry=self.registry).labels(
+                str(spool.directory)).set_function(lambda: int(bool(spool.failing)))
         gauge("bridge_spool_oldest_age_seconds", "Age of the oldest push not yet delivered from the spool.",
               lambda s: 0 if s.oldest_ms is None else max(0.0, time.time() - s.oldest_ms / 1000))
         gauge("bridge_spool_hold_age_seconds", "Age of the oldest hold: pushes kept back until another slot of the "

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
 from starlette.types import Receive, Scope, Send
@@ -28,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from . import protocol
 from .auth import Authenticator, mask_guid
 from .config import Settings
-from .delivery import Delivery, Unavailable
+from .delivery import Unavailable
 from .logs import LineBudget
 from .metrics import Metrics
 from .protocol import CONTENT_TYPE, SUCCESS_BODY, Refusal
@@ -39,6 +40,14 @@ log = logging.getLogger("bridge.push")
 KEPT_REFUSALS = (400, 413, 415)  # malformed pushes: kept in the dead-letter topic when authenticated
 Headers = tuple[tuple[bytes, bytes], ...]
 URL_AGENT = b"workNo"  # the query parameter naming the agent in a per-agent callback URL
+CLOSE: Headers = ((b"connection", b"close"),)
+
+
+class Keeper(Protocol):
+    """Where the endpoint hands a push's records (bridge/delivery.py's Delivery)."""
+
+    async def keep(self, records: list[Record]) -> bool:
+        """Return once the records are durable; True if they were spooled. Raise Unavailable."""
 
 
 async def answer(send: Send, status: int, body: bytes, extra_headers: Headers = ()) -> None:
@@ -107,8 +116,8 @@ class Request:
 class PushEndpoint:
     """ASGI app for the push path (any method reaches it, so it can answer 405 in JSON)."""
 
-    def __init__(self, settings: Settings, delivery: Delivery, metrics: Metrics, risk: AgentRisk,
-                 auth: Authenticator | None = None) -> None:
+    def __init__(self, settings: Settings, delivery: Keeper, metrics: Metrics, risk: AgentRisk,
+                 auth: Authenticator | None = None, leaving: Callable[[], bool] = lambda: False) -> None:
         self._settings = settings
         self._auth = auth or Authenticator(settings.service_tokens, settings.allow_no_token)
         self._router = Router(settings.topic, settings.routes)
@@ -123,6 +132,7 @@ class PushEndpoint:
         self._lines = LineBudget()  # lines anyone can cause at any rate: refusals before authentication, routing
         self._held_back: dict[str, str] = {}  # key -> message of the lines held back, until summed up
         self._summary: asyncio.TimerHandle | None = None
+        self._leaving = leaving  # the replica is leaving: answers close their connection (a router reconnects)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -234,10 +244,11 @@ class PushEndpoint:
                       trusted: bool = True) -> None:
         """Answer, then account for the push once: metrics, the agent's streak, the log line (held
         to a bounded rate when the refusal came before the sender was authenticated)."""
+        closing = CLOSE if self._leaving() else ()
         if refusal is None:
-            await answer(send, 200, SUCCESS_BODY)
+            await answer(send, 200, SUCCESS_BODY, closing)
         else:
-            await answer(send, refusal.status, protocol.failure_body(refusal), refusal.headers)
+            await answer(send, refusal.status, protocol.failure_body(refusal), (*refusal.headers, *closing))
         elapsed = time.perf_counter() - started
         self._metrics.push_seconds.observe(elapsed)
         work_no = outcome["workNo"]

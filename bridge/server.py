@@ -33,17 +33,18 @@ from .watch import SecretError, Watcher, watch_bridge_files
 log = logging.getLogger("bridge")
 
 
-def open_spool(settings: config.Settings, on_damage: Callable[[int], object]) -> tuple[OwnSlot | None, str]:
+def open_spool(settings: config.Settings, metrics: Metrics) -> tuple[OwnSlot | None, str]:
     """The recovered outage spool, or None and why. A spool that cannot be opened does not stop the
     bridge (pushes still go to Kafka while it is usable); readiness and metrics show the problem.
-    `on_damage(n)` is told of damaged entries, from recovery on."""
+    Damaged entries and failed or stalled writes are counted in `metrics`, from recovery on."""
     if settings.spool_dir is None:
         log.warning("BRIDGE_SPOOL_DIR is not set: while Kafka cannot take pushes they are refused with 503, and "
                     "an outage longer than 2 minutes gets agents signed out by the gateway")
         return None, ""
     try:
-        spool = OwnSlot.open(settings.spool_dir, settings.spool_max_bytes, on_damage=on_damage,
-                           join_window_s=settings.join_window_s)
+        spool = OwnSlot.open(settings.spool_dir, settings.spool_max_bytes, on_damage=metrics.spool_corrupt.inc,
+                             join_window_s=settings.join_window_s, append_deadline_s=settings.spool_append_timeout_s,
+                             on_disk_failure=lambda kind: metrics.spool_disk_failures.labels(kind).inc())
     except SpoolError as exc:
         log.error("outage spool unavailable: %s; pushes are refused with 503 whenever Kafka cannot take them", exc)
         return None, str(exc)
@@ -56,7 +57,7 @@ async def run(settings: config.Settings, make_publisher: Callable[..., Publisher
     benchmark can run this very stack without Kafka. The spool is recovered before anything else."""
     give_aiokafka_the_loop(asyncio.get_running_loop())
     metrics = Metrics()
-    spool, spool_problem = open_spool(settings, metrics.spool_corrupt.inc)
+    spool, spool_problem = open_spool(settings, metrics)
     risk = AgentRisk()
     metrics.watch_risk(risk)
     # Secrets and certificates from files, read again whenever they change (bridge/watch.py).
@@ -74,7 +75,7 @@ async def run(settings: config.Settings, make_publisher: Callable[..., Publisher
         return False
     publisher = make_publisher(settings, metrics, Supervisor(settings, metrics, credentials))
     delivery = Delivery(publisher, spool, metrics, spool_problem)
-    membership = Membership(delivery)
+    membership = Membership(delivery, settings.leave_grace_s, settings.router_probe_loss_s)
     push = Server(push_config(settings, create_app(settings, delivery, membership, metrics, risk, auth), certificate),
                   owns_signals=True, before_shutdown=membership.depart)
     management = Server(management_config(settings, create_management_app(

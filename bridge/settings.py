@@ -182,6 +182,14 @@ class Settings:
         "routers send `x-cc-route-key`); when set, pushes without it or with another agent's key are counted in "
         "`bridge_affinity_misses_total`. Set it only where the push port is reachable through the router alone",
         parse=header_name)
+    leave_grace_s: float = setting(
+        5.0, "on SIGTERM, how long the replica keeps serving pushes after `/readyz` turned 404 (the shipped routers "
+        "stop sending it new pushes at their next health check), before its push port closes; longer than the "
+        "routers' check interval", within=(0.0, 300.0))
+    router_probe_loss_s: float = setting(
+        10.0, "once health checks naming a router (header `x-cc-router`) have come, a replica that gets none for this "
+        "long takes no pushes (the router cannot reach it, or took it out) until they come again; `0` disables",
+        within=(0.0, 3600.0))
     join_window_s: float = setting(
         15.0, "replicas sharing one spool volume: how long after this replica starts taking pushes (at start, or "
         "when ready again) the router may still be moving agents to it; meanwhile its spooled pushes wait for "
@@ -203,6 +211,9 @@ class Settings:
     spool_dir: Path | None = setting(
         None, "directory of the outage spool (the process claims a free `slot-N` under it); unset or `off`: no "
         "spool, pushes get 503 while Kafka cannot take them", parse=directory_or_off)
+    spool_append_timeout_s: float = setting(
+        3.0, "longest wait for the spool's disk before a push that needs it is refused with 503; a write that fails "
+        "or takes longer makes the replica refuse such pushes until a probe write succeeds", within=(0.1, 60.0))
     spool_max_bytes: int = setting(1 << 30, "size limit of the spool on disk; past it pushes that need the spool "
                                    "get 503", within=(1 << 20, 1 << 50))
     atomic_pushes: bool = setting(

@@ -37,6 +37,10 @@ class Files:
     async def run(self, operation: Callable[[*Ts], T], *args: *Ts) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, operation, *args)
 
+    def submit(self, operation: Callable[[*Ts], object], *args: *Ts) -> None:
+        """Queue `operation` after those asked for so far, without waiting for it."""
+        self._thread.submit(operation, *args)
+
     def shutdown(self) -> None:
         """Let the thread end; call it once the last operation asked for is done."""
         self._thread.shutdown(wait=False)

@@ -25,6 +25,8 @@ bridge/spool/slots.py's `left_behind` and adopted by the owner's front (bridge/s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +38,9 @@ from .files import Files
 from .holds import Hold, Holds
 from .ledger import Ledger, Position
 from .slots import PREFIX, Board, Owner, State, View, look, owed
+
+log = logging.getLogger("bridge.spool")
+LET_GO_S = 1.0
 
 
 def look_at(directories: list[Path], full: bool) -> list[View]:
@@ -71,31 +76,56 @@ class Neighbours:
         return self._state.serving
 
     def announce(self) -> None:
-        """Tell the other processes this incarnation owns the slot (blocking: before serving)."""
+        """Tell the other processes this incarnation owns the slot (blocking: before serving, or on
+        the spool's thread). Its own appends begin at the next segment."""
         owner = Owner(self._state.incarnation, self._ledger.next_id)
         self._alive_fd = files.announce(self._directory, owner.text())
         files.save(self._directory / "state", self._state.text())
 
-    async def join(self) -> None:
-        """Start taking pushes (see the module's description)."""
+    async def join(self, new_segment: Callable[[], Awaitable[None]]) -> None:
+        """Start taking pushes (see the module's description). After a departure that had to let go
+        of the `alive` lock, this process comes back as a new incarnation whose appends begin in a
+        new segment (`new_segment()` closes the open one), as any new owner's do."""
         async with self._turn:
             if self._state.serving:
                 return
+            if self._alive_fd is None:
+                await new_segment()
+                self._state = State(os.urandom(8).hex())
+                await self._io.run(self.announce)
             await self._publish(replace(self._state, serving=True))
             self._joining_until, self._marked = time.monotonic() + self._join_window_s, {}
             self._taking = True
 
-    async def leave(self, quiet: Callable[[], Awaitable[None]]) -> None:
+    async def leave(self, quiet: Callable[[], Awaitable[None]], timeout: float) -> None:
         """Stop taking pushes into the spool, wait for `quiet()` (the appends under way), and return
-        once the others can see where the spool ends."""
+        once the others can see where the spool ends. When the volume does not let that be written
+        within `timeout`, let go of the `alive` lock instead (no disk write: the kernel drops it), so
+        the others see this owner gone and wait for everything in the slot."""
         async with self._turn:
             if not self._state.serving:
                 return
             self._taking = False
-            await quiet()
             state = self._state
-            await self._publish(replace(state, serving=False, departures=state.departures + 1,
-                                        departed_at=self._ledger.end))
+            try:
+                async with asyncio.timeout(timeout):
+                    await quiet()
+                    await self._publish(replace(state, serving=False, departures=state.departures + 1,
+                                                departed_at=self._ledger.end))
+            except TimeoutError:
+                log.error("spool %s: the departure could not be written within %g s; the slot's alive lock is "
+                          "released instead, so the other replicas wait for everything in it", self._directory,
+                          timeout)
+                self._state = replace(state, serving=False)
+                await self._let_go()
+
+    async def _let_go(self) -> None:
+        """Close the `alive` file off the spool's thread (which may be stuck on the volume), bounded."""
+        fd, self._alive_fd = self._alive_fd, None
+        if fd is not None:
+            closing = asyncio.get_running_loop().run_in_executor(None, files.close, fd)
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(closing, LET_GO_S)
 
     async def vet(self) -> None:
         """Hold first if a slot with undelivered entries lost its owner, or its owner left, since last

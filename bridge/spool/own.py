@@ -8,6 +8,7 @@ replicas left behind, for its process to deliver as `AdoptedSlot`s.
 """
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 from collections.abc import Callable, Collection
@@ -28,6 +29,7 @@ log = logging.getLogger("bridge.spool")
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 JOIN_WINDOW_S = 15.0
+LEAVE_TIMEOUT_S = 3.0  # the longest a departure may take before the alive lock is let go instead
 
 
 class OwnSlot(Slot):
@@ -91,6 +93,11 @@ class OwnSlot(Slot):
         return self._writer.refusal
 
     @property
+    def failing(self) -> str:
+        """What is wrong with the volume ("" when nothing is): a failed or stalled write."""
+        return self._writer.failing
+
+    @property
     def serving(self) -> bool:
         """The others see this replica taking pushes (it joined and has not left since)."""
         return self._neighbours.joined
@@ -110,7 +117,7 @@ class OwnSlot(Slot):
 
     async def append(self, payload: builtins.bytes) -> None:  # (`bytes` here is the property)
         """Return once the entry is durable on disk; raise SpoolError if it cannot be kept."""
-        self._board.mark(self._number, True)  # before anything is written: others see it at once
+        self._mark(busy=True)  # before anything is written: others see it at once
         try:
             await self._writer.append(payload)
         finally:
@@ -124,19 +131,25 @@ class OwnSlot(Slot):
         if not self.idle:
             return False
         try:
-            await self._neighbours.vet()
-        except OSError:
+            await asyncio.wait_for(asyncio.shield(self._neighbours.vet()), self._writer.deadline_s)
+        except (OSError, TimeoutError):
             return False  # spool it: the write's own vet tries again, and fails the push if it must
         return self.idle
 
     async def join(self) -> None:
         """Start taking pushes (at start, and when ready again after `leave`)."""
-        await self._neighbours.join()
+        await self._neighbours.join(self._new_segment)
 
-    async def leave(self) -> None:
-        """Stop taking pushes into the spool; return once the others can see where it ends
-        (before the router hears of it: SIGTERM, not ready)."""
-        await self._neighbours.leave(self._writer.quiet)
+    async def leave(self, timeout: float = LEAVE_TIMEOUT_S) -> None:
+        """Stop taking pushes into the spool; return once the others can see where it ends (before
+        the router hears of it: SIGTERM, not ready), within `timeout` even on a stalled volume."""
+        await self._neighbours.leave(self._writer.quiet, timeout)
+
+    async def _new_segment(self) -> None:
+        """Appends from now on go to a new segment (the open one is closed)."""
+        fd = self._ledger.stop_appends()
+        if fd is not None:
+            await self._io.run(files.close, fd)
 
     # -- slots left behind ------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class Slot:
         self._reader = Reader(ledger, io, on_damage, appending)
         self._released_at = 0.0
         self._closed = False
+        self._marked: bool | None = None  # what this slot last asked the board to show
         self._mark()
 
     # -- state ------------------------------------------------------------------------------------
@@ -141,6 +142,12 @@ class Slot:
     async def _before_close(self) -> None:
         """What a kind of slot finishes before its files are released."""
 
-    def _mark(self) -> None:
-        """The root's board says whether this slot holds or is writing undelivered pushes."""
-        self._board.mark(self._number, self._ledger.entries > 0 or self._busy())
+    def _mark(self, busy: bool = False) -> None:
+        """The root's board says whether this slot holds or is writing undelivered pushes. The board
+        lives on the spool volume, so the byte is written on the spool's thread (in order with the
+        slot's other file operations: a busy mark comes before the write it announces), never on the
+        event loop, which a stalled volume would otherwise hold up."""
+        marked = busy or self._ledger.entries > 0 or self._busy()
+        if marked != self._marked:
+            self._marked = marked
+            self._io.submit(self._board.mark, self._number, marked)

@@ -94,6 +94,11 @@ class Writer:
         self._closed = False
 
     @property
+    def deadline_s(self) -> float:
+        """How long an append waits for the disk."""
+        return self._deadline_s
+
+    @property
     def busy(self) -> bool:
         """Appends are waiting or being written (the open segment may still grow)."""
         return bool(self._pending) or self._writing_since is not None

@@ -127,21 +127,63 @@ async def test_a_hold_sends_every_push_to_the_spool(tmp_path):
     await b.close()
 
 
-async def test_membership_joins_leaves_with_readiness_and_never_rejoins_after_departing(tmp_path):
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_membership_joins_and_leaves_with_readiness_before_the_verdict_changes(tmp_path):
     spool = OwnSlot.open(tmp_path, MiB, join_window_s=1.0)  # full once less than 64 KiB is free
     kafka = StandInKafka(ready=False)
     delivery, _ = delivery_with(kafka, spool)
-    membership = Membership(delivery)
-    assert await membership.answer_probe() and spool.serving, "the spool accepts: ready, and joined"
+    membership = Membership(delivery, grace_s=0)
+    await membership._decide()
+    assert membership.probed(by_router=False).ready and spool.serving, "the spool accepts: in, and joined"
     while spool.accepting:
         await spool.append(b"x" * 100_000)
-    assert await membership.answer_probe() is False and not spool.serving, "neither Kafka nor the spool: left"
+    await membership._decide()
+    verdict = membership.probed(by_router=False)
+    assert verdict.status == 503 and "spool is full" in verdict.reason and not spool.serving
     kafka.ready = True
-    assert await membership.answer_probe() is False, "Kafka is back, but pushes must still go behind the full spool"
+    await membership._decide()
+    assert not membership.verdict.ready, "Kafka is back, but pushes must still go behind the full spool"
     while entries := await spool.read():  # the drainer's work
         await spool.ack(entries)
-    assert await membership.answer_probe() and spool.serving, "delivered: joined again"
-    await membership.depart()
-    assert membership.departed and not spool.serving
-    assert await membership.answer_probe() is False and not spool.serving, "gone for good"
+    await membership._decide()
+    assert membership.verdict.ready and spool.serving, "delivered: joined again"
     await spool.close()
+
+
+async def test_a_replica_the_router_stopped_checking_leaves_and_comes_back_with_the_checks(spool):
+    clock = Clock()
+    delivery, _ = delivery_with(StandInKafka(), spool)
+    membership = Membership(delivery, grace_s=0, probe_loss_s=10.0, clock=clock)
+    await membership._decide()
+    clock.now += 60
+    await membership._decide()
+    assert membership.verdict.ready, "no router has checked yet (a replica without one): nothing is lost"
+    membership.probed(by_router=True)
+    clock.now += 9
+    membership.probed(by_router=False)  # the kubelet's probe does not count
+    await membership._decide()
+    assert membership.verdict.ready and spool.serving
+    clock.now += 2
+    await membership._decide()
+    assert "has not checked this replica for 11 s" in membership.verdict.reason and not spool.serving
+    membership.probed(by_router=True)
+    await membership._decide()
+    assert membership.verdict.ready and spool.serving, "checked again: joined again (its join window begins)"
+
+
+async def test_departing_leaves_the_spool_then_answers_404_and_never_joins_again(spool):
+    delivery, _ = delivery_with(StandInKafka(), spool)
+    membership = Membership(delivery, grace_s=0)
+    await membership.start()
+    assert membership.verdict.ready and spool.serving
+    await membership.depart()
+    assert membership.leaving and not spool.serving and membership.verdict.status == 404
+    await membership._decide()
+    assert membership.verdict.status == 404 and not spool.serving

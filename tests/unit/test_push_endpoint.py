@@ -40,13 +40,13 @@ class StandInDelivery:
         return self.spooled
 
 
-def endpoint(delivery: StandInDelivery, auth: Authenticator | None = None,
+def endpoint(delivery: StandInDelivery, auth: Authenticator | None = None, leaving: bool = False,
              **env: str) -> tuple[PushEndpoint, Metrics, AgentRisk]:
     settings = config.load({"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "BRIDGE_INSECURE_HTTP": "true",
                             "BRIDGE_SERVICE_TOKENS": TOKEN, "BRIDGE_PUSH_PATH": PATH,
                             "BRIDGE_DEAD_LETTER_TOPIC": DEAD, **{f"BRIDGE_{k}": v for k, v in env.items()}})
     metrics, risk = Metrics(), AgentRisk()
-    return PushEndpoint(settings, delivery, metrics, risk, auth), metrics, risk  # type: ignore[arg-type]
+    return PushEndpoint(settings, delivery, metrics, risk, auth, leaving=lambda: leaving), metrics, risk
 
 
 async def call(app: PushEndpoint, body: bytes | list[bytes] | None, method: str = "POST",
@@ -320,3 +320,14 @@ async def test_the_token_set_can_be_replaced_while_serving():
     with pytest.raises(ValueError):
         auth.use(())
     assert (await call(app, push({"eventType": "A"}), service_token="new-token"))[0] == 200
+
+
+async def test_while_the_replica_leaves_every_answer_closes_its_connection():
+    app, _, _ = endpoint(StandInDelivery(), leaving=True)
+    status, head, body = await call(app, push({"eventType": "AgentState_Ready", "workNo": "1001"}))
+    assert status == 200 and body == {"message": "success", "retcode": "0"} and head["connection"] == "close"
+    status, head, _ = await call(app, b"{", service_token="wrong")
+    assert status == 403 and head["connection"] == "close"
+    app, _, _ = endpoint(StandInDelivery())
+    _, head, _ = await call(app, push({"eventType": "AgentState_Ready", "workNo": "1001"}))
+    assert "connection" not in head, "a replica that stays keeps the connection open"
