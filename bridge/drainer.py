@@ -25,7 +25,7 @@ from .metrics import Metrics
 from .outage import Outage
 from .publisher import PublishError
 from .records import Record
-from .spool import Entry, OwnSlot, Slot, SpoolError
+from .spool import Entry, OwnSlot, Released, Slot, SpoolError
 
 log = logging.getLogger("bridge.delivery")
 SPOOLED_HEADER = ("bridge_spooled", b"true")
@@ -116,7 +116,10 @@ class Drainer:
 
     async def _drain_some(self, spool: Slot, deadline: float | None = None) -> None:
         if not spool.deliverable or not self._publisher.ready:
-            if spool.entries and await spool.release_holds():
+            released = await spool.release_holds(self._publisher.ready) if spool.entries else Released()
+            if released.given_up:
+                self._metrics.hold_waits_given_up.inc(len(released.given_up))
+            if released.ended:
                 return  # a hold ended: go on at once
             self._wake.clear()
             wait = HOLD_POLL_S if spool.holding else DRAIN_RETRY_S

@@ -60,6 +60,10 @@ class Metrics:
             "write succeeds.", ["kind"], registry=registry)
         for kind in DISK_FAILURES:
             self.spool_disk_failures.labels(kind)
+        self.hold_waits_given_up = Counter(
+            "bridge_spool_hold_waits_given_up", "Slots a hold stopped waiting for because they delivered nothing for "
+            "2 minutes while Kafka was usable (unreadable, or nobody can adopt them): order across replicas is not "
+            "kept for the agents that moved from them (the log names the slots).", registry=registry)
         self.spool_corrupt = Counter("bridge_spool_corrupt_entries",
                                      "Damaged spool entries moved aside or left out.", registry=registry)
         self.spool_refused = Counter("bridge_spool_refused_entries",
@@ -103,10 +107,10 @@ class Metrics:
         gauge("bridge_spool_bytes", "Bytes of spool files on disk.", lambda s: s.bytes)
         gauge("bridge_spool_entries", "Pushes in the spool not yet delivered to Kafka.", lambda s: s.entries)
         gauge("bridge_spool_accepting", "1 while the spool can keep pushes, else 0.", lambda s: int(s.accepting))
-        if spool is not None:  # names the volume, for the alert
-            Gauge("bridge_spool_volume_failing", "1 while writes to the spool's volume fail or stall (until a probe "
-                  "write succeeds), else 0.", ["directory"], registry=self.registry).labels(
-                str(spool.directory)).set_function(lambda: int(bool(spool.failing)))
+        Gauge("bridge_spool_volume_failing", "1 while writes to the spool's volume fail or stall (until a probe "
+              "write succeeds), else 0.", ["directory"], registry=self.registry).labels(
+            "" if spool is None else str(spool.directory)).set_function(
+            lambda: 0 if spool is None else int(bool(spool.failing)))
         gauge("bridge_spool_oldest_age_seconds", "Age of the oldest push not yet delivered from the spool.",
               lambda s: 0 if s.oldest_ms is None else max(0.0, time.time() - s.oldest_ms / 1000))
         gauge("bridge_spool_hold_age_seconds", "Age of the oldest hold: pushes kept back until another slot of the "

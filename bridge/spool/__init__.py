@@ -33,9 +33,10 @@ from __future__ import annotations
 from .adopted import AdoptedSlot, adopt_left_behind
 from .files import claim
 from .format import Entry
+from .holds import Released
 from .own import OwnSlot
 from .reader import Folder
 from .slot import Slot
 from .writer import SpoolError
 
-__all__ = ["AdoptedSlot", "Entry", "Folder", "OwnSlot", "Slot", "SpoolError", "adopt_left_behind", "claim"]
+__all__ = ["AdoptedSlot", "Entry", "Folder", "OwnSlot", "Released", "Slot", "SpoolError", "adopt_left_behind", "claim"]

@@ -17,7 +17,12 @@ its drainer stops at the cut; the hold ends once every waited-for slot has deliv
 fsync'd before any entry after its cut is, so whoever delivers the slot later (the owner
 restarted, a replica adopting it, `cc-bridge drain`) keeps it.
 
-Why no hold waits forever is argued in docs/delivery.md ("Why every hold ends").
+Why no hold waits forever is argued in docs/delivery.md ("Why every hold ends"), assuming every
+slot can be delivered. One that cannot (its files unreadable, an adopter failing to recover it)
+would stall every replica holding for it until their spools fill. So a slot waited for that shows
+no delivery progress for `give_up_s` while Kafka is usable is given up: the waits for it are
+dropped (and counted), and order across replicas is no longer kept for the agents that moved from
+it; its pushes are still delivered whenever it can be read.
 """
 from __future__ import annotations
 
@@ -30,12 +35,19 @@ from pathlib import Path
 from . import files
 from .files import Files
 from .ledger import Position
-from .slots import look
+from .slots import View, look
 
 log = logging.getLogger("bridge.spool")
 
 FILE = "holds"
+GIVE_UP_S = 120.0  # a slot waited for that delivers nothing for this long, while Kafka is usable, is given up
 Wait = tuple[str, Position]  # (slot directory name, mark)
+
+
+@dataclass(frozen=True)
+class Released:
+    ended: bool = False             # a hold ended
+    given_up: tuple[str, ...] = ()  # slots no longer waited for: no delivery progress (see the module)
 
 
 @dataclass(frozen=True)
@@ -63,9 +75,11 @@ class Hold:
 class Holds:
     """The active holds of one slot, as kept in its `holds` file."""
 
-    def __init__(self, directory: Path, holds: list[Hold]) -> None:
+    def __init__(self, directory: Path, holds: list[Hold], give_up_s: float = GIVE_UP_S) -> None:
         self._directory = directory
         self._holds = holds
+        self.give_up_s = give_up_s
+        self._progress: dict[str, tuple[object, float | None]] = {}  # slot -> (what it showed, since; None: Kafka out)
 
     @classmethod
     def load(cls, directory: Path, rewritten: Collection[int]) -> Holds:
@@ -120,23 +134,30 @@ class Holds:
                         "of agents that may have moved here", self._directory.name, hold.cut, describe([hold]))
         self._holds.append(hold)
 
-    async def release_delivered(self, io: Files) -> bool:
+    async def release_delivered(self, io: Files, kafka_usable: bool = True) -> Released:
         """Look at the slots waited for; drop the marks they have delivered past, and the holds left
-        with none (rewriting the holds file); True if a hold ended."""
+        with none (rewriting the holds file). A slot that delivered nothing for `give_up_s` while
+        `kafka_usable` is given up (see the module's description)."""
         if not self._holds:
-            return False
+            return Released()
         names = {name for h in self._holds for name, _ in h.waits}
         views = {name: await io.run(look, self._directory.parent / name) for name in sorted(names)}
+        stuck = self._stuck(views, kafka_usable)
         kept: list[Hold] = []
         ended: list[Hold] = []
         for hold in self._holds:
-            waits = tuple((name, mark) for name, mark in hold.waits if not views[name].delivered(mark))
+            waits = tuple((name, mark) for name, mark in hold.waits
+                          if not views[name].delivered(mark) and name not in stuck)
             if waits:
                 kept.append(replace(hold, waits=waits))
             else:
                 ended.append(hold)
         if not ended and all(len(a.waits) == len(b.waits) for a, b in zip(kept, self._holds, strict=True)):
-            return False
+            return Released()
+        if stuck:
+            log.error("spool %s gives up waiting for %s: no delivery for %g s while Kafka was usable; order across "
+                      "replicas is not kept for agents that moved from there", self._directory.name,
+                      ", ".join(sorted(stuck)), self.give_up_s)
         await io.run(files.rewrite, self._directory / FILE, self._text(kept).encode())
         self._holds = kept
         if ended and not kept:
@@ -144,7 +165,24 @@ class Holds:
             log.warning("hold released: the slots %s waited for delivered what they owed; %s delivers its pushes "
                         "again, %.1f s after the hold began", describe(ended), self._directory.name,
                         time.time() - first / 1000)
-        return bool(ended)
+        return Released(bool(ended), tuple(sorted(stuck)))
+
+    def _stuck(self, views: dict[str, View], kafka_usable: bool) -> set[str]:
+        """The slots waited for that showed no delivery progress for `give_up_s` while Kafka was usable
+        (the clock starts at the first look with Kafka usable after a change, or after an outage)."""
+        now, stuck = time.monotonic(), set()
+        for name, view in views.items():
+            shown = (view.position, view.segments[:1])
+            seen = self._progress.get(name)
+            if seen is None or seen[0] != shown or not kafka_usable:
+                self._progress[name] = (shown, now if kafka_usable else None)
+            elif seen[1] is None:
+                self._progress[name] = (shown, now)
+            elif now - seen[1] > self.give_up_s:
+                stuck.add(name)
+        for name in set(self._progress) - set(views):
+            del self._progress[name]
+        return stuck
 
     @staticmethod
     def _text(holds: list[Hold]) -> str:

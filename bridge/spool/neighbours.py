@@ -37,23 +37,23 @@ from . import files
 from .files import Files
 from .holds import Hold, Holds
 from .ledger import Ledger, Position
-from .slots import PREFIX, Board, Owner, State, View, look, owed
+from .slots import PREFIX, Board, Heartbeats, Owner, State, View, look, owed
 
 log = logging.getLogger("bridge.spool")
 LET_GO_S = 1.0
 
 
-def look_at(directories: list[Path], full: bool) -> list[View]:
-    return [look(d, full) for d in directories]
+def look_at(directories: list[Path], full: bool, heartbeats: Heartbeats) -> list[View]:
+    return [look(d, full, heartbeats) for d in directories]
 
 
 class Neighbours:
     """The owner of a slot among the others of its root (see the module's description)."""
 
-    def __init__(self, ledger: Ledger, holds: Holds, io: Files, board: Board, number: int,
+    def __init__(self, ledger: Ledger, holds: Holds, io: Files, board: Board, heartbeats: Heartbeats, number: int,
                  join_window_s: float) -> None:
         self._ledger, self._holds, self._io = ledger, holds, io
-        self._board, self._number, self._join_window_s = board, number, join_window_s
+        self._board, self._heartbeats, self._number, self._join_window_s = board, heartbeats, number, join_window_s
         self._joining_until: float | None = None  # the join window's end; None once its last hold is taken
         self._marked: dict[str, Position] = {}    # the latest marks of join-window holds
         self._directory = ledger.directory
@@ -78,6 +78,7 @@ class Neighbours:
     def announce(self) -> None:
         """Tell the other processes this incarnation owns the slot (blocking: before serving, or on
         the spool's thread). Its own appends begin at the next segment."""
+        self._heartbeats.beat(self._number)
         owner = Owner(self._state.incarnation, self._ledger.next_id)
         self._alive_fd = files.announce(self._directory, owner.text())
         files.save(self._directory / "state", self._state.text())
@@ -146,10 +147,10 @@ class Neighbours:
             root = self._directory.parent
             busy = [root / f"{PREFIX}{n}" for n in self._board.marked() if n != self._number]
             joining = self._joining_until is not None
-            glances = await self._io.run(look_at, busy, False)
+            glances = await self._io.run(look_at, busy, False, self._heartbeats)
             changed = [root / v.name for v in glances if joining or self._changed(v)]
             views = {v.name: v for v in glances}
-            views.update((v.name, v) for v in await self._io.run(look_at, changed, True))
+            views.update((v.name, v) for v in await self._io.run(look_at, changed, True, self._heartbeats))
             waits = {name: mark for name, v in views.items() if (mark := owed(self._seen.get(name), v))}
             if joining:
                 for name, v in views.items():
@@ -167,8 +168,8 @@ class Neighbours:
 
     def _changed(self, now: View) -> bool:
         before = self._seen.get(now.name)
-        return before is None or (before.incarnation, before.alive, before.departures) != (
-            now.incarnation, now.alive, now.departures)
+        return before is None or (before.incarnation, before.live, before.departures) != (
+            now.incarnation, now.live, now.departures)
 
     async def _hold(self, waits: list[tuple[str, Position]]) -> None:
         hold = Hold(int(time.time() * 1000), self._ledger.end, tuple(waits), self._ledger.added)

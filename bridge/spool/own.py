@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import time
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from .holds import Holds
 from .ledger import Ledger, OnDamage
 from .neighbours import Neighbours
 from .slot import Slot, ignore_damage
-from .slots import PREFIX, SLOTS, Board, left_behind, slot_number
+from .slots import BEAT_S, PREFIX, SLOTS, Board, Heartbeats, left_behind, slot_number
 from .writer import APPEND_DEADLINE_S, SpoolError, Writer, ignore_failure
 
 log = logging.getLogger("bridge.spool")
@@ -30,17 +32,22 @@ log = logging.getLogger("bridge.spool")
 SEGMENT_BYTES = 16 * 1024 * 1024
 JOIN_WINDOW_S = 15.0
 LEAVE_TIMEOUT_S = 3.0  # the longest a departure may take before the alive lock is let go instead
+SELF_GAP_S = 2.0       # a heartbeat gap this long may have made the others (STALE_S) take this owner for gone
 
 
 class OwnSlot(Slot):
     """Append (group-committed, fsync'd) while serving; read in order; acknowledge; adopt."""
 
-    def __init__(self, ledger: Ledger, holds: Holds, lock_fd: int, io: Files, board: Board, max_bytes: int,
+    def __init__(self, ledger: Ledger, holds: Holds, lock_fd: int, io: Files, board: Board, heartbeats: Heartbeats,
+                 max_bytes: int,
                  segment_bytes: int = SEGMENT_BYTES, on_damage: OnDamage = ignore_damage,
                  join_window_s: float = JOIN_WINDOW_S, append_deadline_s: float = APPEND_DEADLINE_S,
                  on_disk_failure: Callable[[str], object] = ignore_failure) -> None:
         number = slot_number(ledger.directory) or 0
-        self._neighbours = Neighbours(ledger, holds, io, board, number, join_window_s)
+        self._neighbours = Neighbours(ledger, holds, io, board, heartbeats, number, join_window_s)
+        self._heartbeats = heartbeats
+        self._beats = ThreadPoolExecutor(1, thread_name_prefix="spool-heartbeat")  # apart from fsyncs
+        self._beating: asyncio.Task[None] | None = None
         self._writer = Writer(ledger, io, max_bytes, segment_bytes, self._neighbours, append_deadline_s,
                               on_disk_failure)
         super().__init__(ledger, holds, lock_fd, io, board, on_damage, appending=lambda: self._writer.busy)
@@ -58,7 +65,7 @@ class OwnSlot(Slot):
         `on_disk_failure(kind)` of each write that failed or stalled (bridge/spool/writer.py)."""
         try:
             files.make_directories(root)
-            board = Board.open(root)
+            board, heartbeats = Board.open(root), Heartbeats.open(root)
             for number in range(SLOTS):
                 directory = root / f"{PREFIX}{number}"
                 lock_fd = claim(directory)
@@ -66,7 +73,7 @@ class OwnSlot(Slot):
                     continue
                 try:
                     ledger, holds = recover_slot(directory, on_damage)
-                    spool = cls(ledger, holds, lock_fd, Files(), board, max_bytes, segment_bytes, on_damage,
+                    spool = cls(ledger, holds, lock_fd, Files(), board, heartbeats, max_bytes, segment_bytes, on_damage,
                                 join_window_s, append_deadline_s, on_disk_failure)
                     spool._neighbours.announce()
                 except BaseException:
@@ -139,6 +146,8 @@ class OwnSlot(Slot):
     async def join(self) -> None:
         """Start taking pushes (at start, and when ready again after `leave`)."""
         await self._neighbours.join(self._new_segment)
+        if self._beating is None:
+            self._beating = asyncio.create_task(self._beat_forever(), name="spool-heartbeat")
 
     async def leave(self, timeout: float = LEAVE_TIMEOUT_S) -> None:
         """Stop taking pushes into the spool; return once the others can see where it ends (before
@@ -150,6 +159,30 @@ class OwnSlot(Slot):
         fd = self._ledger.stop_appends()
         if fd is not None:
             await self._io.run(files.close, fd)
+
+    # -- the heartbeat ----------------------------------------------------------------------------
+
+    async def _beat_forever(self) -> None:
+        """Beat every BEAT_S, on a thread of its own. A gap longer than SELF_GAP_S (the process was
+        frozen, its loop held up, or the volume stalled) means the others may have taken this owner
+        for gone and the router may have moved its agents: it leaves (saying where its spool ends,
+        which the pushes taken just before the gap may have moved) and joins again, so its window
+        covers agents coming back."""
+        loop, last = asyncio.get_running_loop(), None
+        while True:
+            await loop.run_in_executor(self._beats, self._heartbeats.beat, self._number)
+            now = time.monotonic()
+            if last is not None and now - last > SELF_GAP_S and self.serving:
+                log.warning("spool %s: no heartbeat for %.1f s (the process was frozen or held up, or the volume "
+                            "stalled); leaving and joining again", self.name, now - last)
+                try:
+                    await self.leave()
+                    await asyncio.wait_for(self.join(), self._writer.deadline_s)
+                except (OSError, TimeoutError) as exc:
+                    log.error("spool %s: joining again failed (%s); the replica's readiness decides what next",
+                              self.name, exc or "the volume stalled")
+            last = time.monotonic()
+            await asyncio.sleep(BEAT_S)
 
     # -- slots left behind ------------------------------------------------------------------------
 
@@ -183,5 +216,9 @@ class OwnSlot(Slot):
         return self._writer.busy
 
     async def _before_close(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+            await asyncio.gather(self._beating, return_exceptions=True)
+        self._beats.shutdown(wait=False)
         await self._writer.close()
         await self._neighbours.close()

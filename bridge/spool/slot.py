@@ -14,7 +14,7 @@ from typing import Any
 from . import files
 from .files import Files
 from .format import Entry
-from .holds import Holds
+from .holds import Holds, Released
 from .ledger import Ledger, OnDamage
 from .reader import READ_BYTES, Folder, Reader
 from .slots import Board, slot_number
@@ -112,13 +112,14 @@ class Slot:
         damage). The caller then acknowledges it with the others. Returns where it is kept."""
         return await self._reader.set_aside(entry, folder)
 
-    async def release_holds(self) -> bool:
+    async def release_holds(self, kafka_usable: bool = True) -> Released:
         """Look whether the slots the holds wait for delivered what they owed (no more often than
-        every RELEASE_EVERY_S), and end the holds that wait for nothing more; True if one ended."""
+        every RELEASE_EVERY_S), and end the holds that wait for nothing more; give up a slot that
+        delivers nothing for long while `kafka_usable` (bridge/spool/holds.py)."""
         if self._holds.cut is None or time.monotonic() - self._released_at < RELEASE_EVERY_S:
-            return False
+            return Released()
         self._released_at = time.monotonic()
-        return await self._holds.release_delivered(self._io)
+        return await self._holds.release_delivered(self._io, kafka_usable)
 
     async def close(self) -> None:
         """Release the files and the lock (once)."""

@@ -16,6 +16,11 @@ publishes what the others need in files of its own slot, and reads theirs.
     board     in the root: one byte per slot, mapped into every process (MAP_SHARED, one page
               cache): 1 while the slot holds or is writing undelivered pushes. Reading it costs no
               system call, so every push can look at it.
+    heartbeats  in the root, mapped the same way: per slot, when its owner's process last showed
+              that it runs (ms since the epoch, every BEAT_S). An owner whose `alive` lock is held
+              but whose heartbeat is older than STALE_S is frozen, hung or cut off from its volume:
+              the router may well have moved its agents, so the others treat it as gone until it
+              beats again (and it, noticing the gap, leaves and joins again).
 
 A look at another slot reads these without its lock. Each file is replaced atomically or only
 grows, and every figure read only grows (positions, segment ids, departures), so a look that
@@ -29,6 +34,7 @@ volume is one.
 from __future__ import annotations
 
 import mmap
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +45,8 @@ from .ledger import SEGMENT_SUFFIX, Position, parse_position
 
 SLOTS = 64
 PREFIX = "slot-"
+BEAT_S = 0.5     # how often an owner's heartbeat is written
+STALE_S = 3.0    # a live owner's heartbeat older than this counts as gone
 
 
 def slot_number(directory: Path) -> int | None:
@@ -72,6 +80,26 @@ class Board:
 
     def marked(self) -> list[int]:
         return [n for n, byte in enumerate(self._map[:SLOTS]) if byte == 1]
+
+
+class Heartbeats:
+    """The root's `heartbeats`: when each slot's owner last showed it runs."""
+
+    def __init__(self, mapping: mmap.mmap) -> None:
+        self._map = mapping
+
+    @classmethod
+    def open(cls, root: Path) -> Heartbeats:
+        """Map the heartbeats of `root` (blocking)."""
+        return cls(files.map_shared(root / "heartbeats", SLOTS * 8))
+
+    def beat(self, number: int) -> None:
+        """This moment, for slot `number` (blocking: the page lives on the spool volume)."""
+        self._map[number * 8:number * 8 + 8] = int(time.time() * 1000).to_bytes(8, "little")
+
+    def last(self, number: int) -> int:
+        """When slot `number`'s owner last beat (ms since the epoch; 0: never)."""
+        return int.from_bytes(self._map[number * 8:number * 8 + 8], "little")
 
 
 @dataclass(frozen=True)
@@ -122,6 +150,12 @@ class View:
     state: State | None
     position: Position | None = None
     segments: tuple[tuple[int, int], ...] = ()  # (id, size), by id; only in a full look
+    stale: bool = False  # alive, but its heartbeat is older than STALE_S
+
+    @property
+    def live(self) -> bool:
+        """Its owner runs and shows it: alive, heartbeat fresh."""
+        return self.alive and not self.stale
 
     @property
     def incarnation(self) -> str | None:
@@ -148,9 +182,9 @@ class View:
         return position >= mark
 
 
-def look(directory: Path, full: bool = True) -> View:
+def look(directory: Path, full: bool = True, heartbeats: Heartbeats | None = None) -> View:
     """What the slot `directory` shows now (blocking: run it on the spool's thread). Without `full`,
-    only who owns it and its state."""
+    only who owns it and its state; with `heartbeats`, whether a live owner is stale."""
     found = files.look_alive(directory)
     owner = Owner.parse(found[0]) if found else None
     alive = bool(found and found[1] and owner)
@@ -158,15 +192,20 @@ def look(directory: Path, full: bool = True) -> View:
     state = State.parse(text) if text else None
     if state is not None and (owner is None or state.incarnation != owner.incarnation):
         state = None
+    stale = False
+    number = slot_number(directory)
+    if alive and heartbeats is not None and number is not None:
+        last = heartbeats.last(number)
+        stale = last > 0 and time.time() * 1000 - last > STALE_S * 1000
     if not full:
-        return View(directory.name, owner, alive, state)
+        return View(directory.name, owner, alive, state, stale=stale)
     text = files.read_optional(directory / "position")  # before the listing: it may only lag behind it
     try:
         position = parse_position(text) if text else None
     except ValueError:
         position = None
     segments = tuple(files.segment_sizes(directory, SEGMENT_SUFFIX))
-    return View(directory.name, owner, alive, state, position, segments)
+    return View(directory.name, owner, alive, state, position, segments, stale)
 
 
 def owed(before: View | None, now: View) -> Position | None:
@@ -174,21 +213,22 @@ def owed(before: View | None, now: View) -> Position | None:
     given `before`, what this replica last saw of it (None: nothing since this replica joined).
     Nothing is owed while the same owner kept taking pushes: its agents stayed with it. Otherwise
     the router may have moved its agents here, and what it (or its predecessors) spooled comes
-    first: up to where a live owner stopped taking pushes, or everything a gone owner left."""
+    first: up to where a live owner stopped taking pushes, or everything an owner that is gone (or
+    stale: alive but not beating) left. The cases are listed in docs/delivery.md."""
     same = before is not None and before.incarnation == now.incarnation
     mark: Position | None
-    if now.alive and now.owner is not None:
-        if same and before is not None and before.alive:
+    if now.live and now.owner is not None:
+        if same and before is not None and before.live:
             if now.departures <= before.departures:
                 return None
             mark = now.state.departed_at if now.state else None
-        else:  # a new owner: what earlier owners wrote, and where it stopped if it already left once
+        else:  # a new owner (or one back from stale): what earlier owners wrote, and where it stopped
             mark = now.end(below=now.owner.first_segment)
             if now.departures and now.state and now.state.departed_at:
                 mark = max(mark or (0, 0), now.state.departed_at)
     else:
-        if same and before is not None and not before.alive:
-            return None  # it was gone when last seen: what it owed was settled then
+        if same and before is not None and not before.live:
+            return None  # it was gone (or stale) when last seen: what it owed was settled then
         mark = now.end()
     if mark is None or now.delivered(mark):
         return None

@@ -8,15 +8,17 @@ import builtins
 import io
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+import bridge.spool.own as own_module
 import bridge.spool.slot as slot_module
 from bridge.spool import AdoptedSlot, OwnSlot, SpoolError, adopt_left_behind, claim
 from bridge.spool import files as spool_files
 from bridge.spool.holds import Hold, Holds
-from bridge.spool.slots import Board, look
+from bridge.spool.slots import Board, Heartbeats, State, look
 
 MiB = 1 << 20
 
@@ -50,7 +52,7 @@ def settle_at_once(monkeypatch):
 
 
 async def settle(spool: OwnSlot | AdoptedSlot) -> bool:
-    return await spool.release_holds()
+    return (await spool.release_holds()).ended
 
 
 async def adopt(root: Path, name: str, board_of: OwnSlot) -> AdoptedSlot:
@@ -319,3 +321,48 @@ def _watched_flock(seen: dict[str, list[bool]], real):
         seen.setdefault("flock", []).append(threading.current_thread() is threading.main_thread())
         return real(fd, operation)
     return flock
+
+
+async def test_a_live_owner_that_stops_beating_is_taken_for_gone(tmp_path):
+    a, b = await replica(tmp_path), await replica(tmp_path)
+    await settled_in(a, b)
+    await a.append(b"older push of an agent the router moves while a is frozen")
+    a._beating.cancel()  # frozen: its lock is held, its heartbeat stops
+    old = int((time.time() - 10) * 1000).to_bytes(8, "little")
+    Heartbeats.open(tmp_path)._map[0:8] = old
+    assert not await b.vet_direct() and b.order()["holding"]["waiting_for"] == ["slot-0"]
+    assert await deliver(a) == [b"older push of an agent the router moves while a is frozen"]
+    assert await settle(b) and not b.holding
+    await a.close()
+    await b.close()
+
+
+async def test_an_owner_that_notices_a_gap_in_its_heartbeat_leaves_and_joins_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(own_module, "SELF_GAP_S", 0.0)  # every beat looks late
+    monkeypatch.setattr(own_module, "BEAT_S", 0.01)
+    a = await replica(tmp_path)
+    for _ in range(200):
+        state = State.parse((a.directory / "state").read_text())
+        if state is not None and state.departures >= 1 and state.serving:
+            break
+        await asyncio.sleep(0.01)
+    assert state is not None and state.departures >= 1 and state.serving, "left, saying where it ended, and back"
+    await a.close()
+
+
+async def test_a_slot_that_delivers_nothing_for_long_while_kafka_is_usable_is_given_up(tmp_path):
+    a, b = await replica(tmp_path), await replica(tmp_path)
+    await settled_in(a, b)
+    await a.append(b"in a slot nobody can deliver")
+    await a.close()  # gone; suppose its files cannot be read, so nobody adopts it
+    assert not await b.vet_direct() and b.holding
+    b._holds.give_up_s = 0.05
+    assert (await b.release_holds(kafka_usable=True)).given_up == ()
+    await asyncio.sleep(0.1)
+    assert (await b.release_holds(kafka_usable=False)).given_up == (), "during a Kafka outage nothing moves: wait"
+    await asyncio.sleep(0.1)
+    assert (await b.release_holds(kafka_usable=True)).given_up == ()
+    await asyncio.sleep(0.1)
+    released = await b.release_holds(kafka_usable=True)
+    assert released.given_up == ("slot-0",) and released.ended and not b.holding
+    await b.close()
