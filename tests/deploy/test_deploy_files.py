@@ -341,7 +341,7 @@ def test_compose_bridge_scales_and_stops_gracefully(compose, compose_bridge):
     assert compose_bridge.transactional_id is None, "replicas must not share a transactional id"
     assert compose_bridge.host == compose_bridge.management_host == "0.0.0.0"
     assert bridge_service.get("stop_signal", "SIGTERM") == "SIGTERM"
-    assert seconds(bridge_service["stop_grace_period"]) > (compose_bridge.shutdown_timeout_s
+    assert seconds(bridge_service["stop_grace_period"]) > (compose_bridge.leave_grace_s + compose_bridge.shutdown_timeout_s
                                                             + compose_bridge.exit_drain_timeout_s), \
         "docker would kill the bridge while it still finishes pushes or delivers its spool"
     assert bridge_service["read_only"] is True and bridge_service["cap_drop"] == ["ALL"]
@@ -640,7 +640,9 @@ def test_router_ends_tls_and_verifies_the_replicas(router_config):
     assert default_server[default_server.index("port") + 1] == str(DEFAULTS["management_port"])
     assert "verify none" not in " ".join(line for lines in router_config.sections.values() for line in lines)
     rules = router_config.directives("backend bridges", "http-check")
-    assert any(re.search(r"^send meth GET uri /readyz\b", rule) for rule in rules)
+    assert any(re.search(r"^send meth GET uri /readyz\b.* hdr x-cc-router ", rule) for rule in rules), \
+        "replicas count only checks that name a router"
+    assert "disable-on-404" in rules, "a replica leaving on purpose (/readyz 404) gets no new push from the next check"
     assert all(address.endswith(f":{DEFAULTS['port']}") for _, address, _ in router_config.servers())
     frontends = [name for name in router_config.sections if name.startswith("frontend ")]
     assert sorted(frontends) == ["frontend management", "frontend push"]
@@ -806,17 +808,17 @@ def test_probes_use_the_management_endpoints(kustomization):
         assert get.get("scheme", "HTTP") == "HTTP", f"{probe}: the management port is plain HTTP"
 
 
-def test_termination_grace_covers_prestop_in_flight_pushes_and_the_exit_drain(kustomization):
+def test_termination_grace_covers_the_leave_grace_in_flight_pushes_and_the_exit_drain(kustomization):
     objects = render(kustomization)
     pod, container = pod_of(objects)
     env = pod_env(objects)
+    grace = float(env.get("BRIDGE_LEAVE_GRACE_S", DEFAULTS["leave_grace_s"]))
     shutdown = float(env.get("BRIDGE_SHUTDOWN_TIMEOUT_S", DEFAULTS["shutdown_timeout_s"]))
     exit_drain = float(env.get("BRIDGE_EXIT_DRAIN_TIMEOUT_S", DEFAULTS["exit_drain_timeout_s"]))
-    pre_stop = container["lifecycle"]["preStop"]
-    delay = pre_stop["sleep"]["seconds"] if "sleep" in pre_stop else 0
-    assert delay > 0, "a preStop delay lets endpoints and load balancers forget the pod before SIGTERM"
+    assert "lifecycle" not in container, "a preStop delay only postpones the departure the pod announces itself"
+    assert grace > 0, "the routers need a check to stop sending to a pod that leaves"
     assert exit_drain > 0, "a scale-down would leave the spool on a claim no pod reads"
-    assert pod["terminationGracePeriodSeconds"] > delay + shutdown + exit_drain, \
+    assert pod["terminationGracePeriodSeconds"] > grace + shutdown + exit_drain, \
         "Kubernetes would kill the bridge while it still finishes pushes or delivers its spool"
 
 

@@ -339,3 +339,57 @@ async def test_only_a_departed_replicas_agents_move_and_they_come_back(router, r
     assert {before[agent] for agent in moved} == {"replica-2"} and \
         len(moved) == sum(1 for agent in work_nos if before[agent] == "replica-2")
     assert after == before, "agents did not come back to replica-2"
+
+
+async def agent_loop(session: aiohttp.ClientSession, url: str, work_no: str, phase: str, stop: asyncio.Event,
+                     failures: list[tuple[str, int, object]]) -> int:
+    """One agent as the gateway drives it: its next push only once the last one was answered; a
+    failed push is sent again (after a short pause here, 10 s at the gateway) before the next."""
+    seq = 0
+    while not stop.is_set():
+        data = orjson.dumps({"workNo": work_no, "eventList": [
+            {"eventType": "AgentState_Ready", "workNo": work_no, "content": {"phase": phase, "seq": seq}}]})
+        try:
+            answer = await post(session, url, data)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            answer = (0, repr(exc))
+        if answer == (200, OK):
+            seq += 1
+        else:
+            failures.append((work_no, seq, answer))
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(0.05)
+    return seq
+
+
+async def test_a_replica_stopped_and_started_under_load_fails_no_push_and_keeps_order(
+        router, replicas, pooled, kafka, topic):
+    """A planned departure: SIGTERM turns /readyz 404, the router stops sending at its next check
+    while the replica still serves, and no push fails; order holds per agent across the move and
+    the move back."""
+    work_nos, phase = agents(560001, 40), "planned-departure"
+    stop, failures = asyncio.Event(), []
+    load = [asyncio.create_task(agent_loop(pooled, router.url, w, phase, stop, failures)) for w in work_nos]
+    await asyncio.sleep(2)
+    departed = replicas[1]
+    before = len(router.requests())
+    await departed.astop()
+    await asyncio.to_thread(departed.start)
+    await asyncio.to_thread(router.wait_states, {"bridge2": "UP"})
+    await asyncio.sleep(3)
+    stop.set()
+    sent = dict(zip(work_nos, await asyncio.gather(*load), strict=True))
+    during = router.requests()[before:]
+    assert failures == [], f"{len(failures)} pushes failed, e.g. {failures[:5]}"
+    assert any(r.server == "bridge2" for r in during), "the departing replica had agents to give away"
+    tried_again = [r for r in during if r.retries != "0" or r.status != 200]
+    assert not tried_again, f"the router met a closed port or no answer {len(tried_again)} times: {tried_again[:3]}"
+    seen: dict[str, list[int]] = defaultdict(list)
+    for record in await read_topics(kafka, [topic]):
+        event = orjson.loads(record.value)
+        content = event.get("content")
+        if isinstance(content, dict) and content.get("phase") == phase:
+            seen[record.key.decode()].append(content["seq"])
+    for work_no in work_nos:
+        first = list(dict.fromkeys(seen[work_no]))  # repeated ce_ids (a retry) dropped: the first of each kept
+        assert first == list(range(sent[work_no])), f"agent {work_no}: {first[:20]}..."
