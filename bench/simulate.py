@@ -60,6 +60,7 @@ class SimSettings:
     guid_rotation_s: float = 60.0       # dynamic authentication: a new Guid about every minute
     first_work_no: int = 100001
     seed: int = 1
+    connections: int | None = None      # the pool shared by every agent (None: one per agent, plus 8)
 
 
 # -- the ledger ----------------------------------------------------------------------------------
@@ -220,6 +221,7 @@ class Summary:
     events_generated: int
     events_unsent: int
     latencies: list[float]
+    longest_failing_s: float = 0.0  # the longest an agent's pushes kept failing before one was accepted
 
     def line(self) -> str:
         lat = sorted(self.latencies)
@@ -228,7 +230,8 @@ class Summary:
         return (f"agents={self.agents} elapsed_s={self.elapsed_s:.1f} pushes_acked={self.pushes_acked} "
                 f"events_acked={self.events_acked} attempts={self.attempts} failed={sum(self.failures.values())} "
                 f"signed_out={self.signed_out} abandoned={self.abandoned} events_unsent={self.events_unsent} "
-                f"push_ms_p50={pct(0.5)} p99={pct(0.99)} max={pct(1.0)} failures={top}")
+                f"push_ms_p50={pct(0.5)} p99={pct(0.99)} max={pct(1.0)} "
+                f"longest_failing_s={self.longest_failing_s:.1f} failures={top}")
 
 
 class Simulator:
@@ -246,6 +249,7 @@ class Simulator:
         self._signed_out = self._abandoned = self._generated = 0
         self._failures: Counter = Counter()
         self._latencies: list[float] = []
+        self._longest_failing_s = 0.0
         self._agents: list[Agent] = []
 
     def stop(self) -> None:
@@ -264,8 +268,8 @@ class Simulator:
         self._agents = [Agent(str(s.first_work_no + n), random.Random(master.getrandbits(64)),
                               next_due=started + master.uniform(0, s.think_s[1])) for n in range(s.agents)]
         context = ssl.create_default_context(cafile=s.cafile) if s.url.startswith("https") else None
-        connector = aiohttp.TCPConnector(ssl=context if context is not None else False, limit=s.agents + 8,
-                                         keepalive_timeout=60)
+        connector = aiohttp.TCPConnector(ssl=context if context is not None else False,
+                                         limit=s.connections or s.agents + 8, keepalive_timeout=60)
         timeout = aiohttp.ClientTimeout(total=s.timeout_s)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                          skip_auto_headers=["Content-Type", "User-Agent"]) as session:
@@ -273,7 +277,7 @@ class Simulator:
         self.ledger.flush()
         return Summary(s.agents, time.time() - started, self._pushes_acked, self._events_acked, self._attempts,
                        self._failures, self._signed_out, self._abandoned, self._generated,
-                       sum(len(a.queue) for a in self._agents), self._latencies)
+                       sum(len(a.queue) for a in self._agents), self._latencies, self._longest_failing_s)
 
     def _drain_deadline(self) -> float:
         return self._stop_at + self.settings.drain_s
@@ -315,6 +319,8 @@ class Simulator:
                 self._latencies.append(answered - sent)
                 self.ledger.add("ack", agent=agent.work_no, ids=[e["eventGenTime"] for e in events], tries=tries,
                                 latency=round(answered - sent, 4), **self._failing(agent, answered))
+                if agent.failing_since is not None:
+                    self._longest_failing_s = max(self._longest_failing_s, answered - agent.failing_since)
                 agent.failing_since = None
                 if s.max_pushes is not None and self._pushes_acked >= s.max_pushes:
                     self.stop()
@@ -381,11 +387,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimSettings, str | None]:
     parser.add_argument("--first-work-no", type=int, default=100001)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ledger", help="write the ledger to this JSONL file")
+    parser.add_argument("--connections", type=int, help="connections shared by all agents (default: one per agent)")
     args = parser.parse_args(argv)
     settings = SimSettings(url=args.url, agents=args.agents, duration_s=args.duration, max_pushes=args.max_pushes,
                            cafile=args.cafile, token=args.token, retry_interval_s=args.retry_interval,
                            timeout_s=args.timeout, signout_after_s=args.signout_after, think_s=args.think,
-                           drain_s=args.drain, first_work_no=args.first_work_no, seed=args.seed)
+                           drain_s=args.drain, first_work_no=args.first_work_no, seed=args.seed,
+                           connections=args.connections)
     return settings, args.ledger
 
 

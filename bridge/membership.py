@@ -18,6 +18,12 @@ its join window, when the checks come back.
 Leaving on purpose (SIGTERM) is `depart`: the replica leaves the spool, `/readyz` answers 404 (the
 router's `http-check disable-on-404` stops sending it new pushes at the next check), the push port
 keeps serving for BRIDGE_LEAVE_GRACE_S, answering with `Connection: close`, and only then closes.
+
+With a spool volume of its own (Kubernetes), moving agents away from a replica whose spool still
+holds pushes would let their newer pushes overtake the older ones. There BRIDGE_LEAVE_SPOOL_WAIT_S
+makes a departing replica first serve on as usual while its spool is delivered; if that does not
+happen in time (Kafka still away), it closes without telling the router, which keeps its agents
+for it (failing their pushes) until it is back with the same volume.
 """
 from __future__ import annotations
 
@@ -51,9 +57,10 @@ IN = Verdict(200, "")
 
 class Membership:
     def __init__(self, delivery: Delivery, grace_s: float = 5.0, probe_loss_s: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, spool_wait_s: float = 0.0) -> None:
         self._delivery = delivery
         self._grace_s = grace_s
+        self._spool_wait_s = spool_wait_s
         self._probe_loss_s = probe_loss_s
         self._clock = clock
         self._verdict = Verdict(503, "starting")
@@ -84,18 +91,39 @@ class Membership:
 
     async def depart(self) -> None:
         """Leave for good (SIGTERM): out of the spool first, then 404 for the router, then the
-        grace during which pushes still come while the router stops sending them."""
+        grace during which pushes still come while the router stops sending them (see the module's
+        description for a spool that must be delivered first)."""
+        announce = await self._spool_delivered()
         async with self._turn:
             self._leaving = True
             await self._leave()
-            self._verdict = Verdict(404, "leaving: shutting down")
+            self._verdict = (Verdict(404, "leaving: shutting down") if announce else
+                             Verdict(503, "shutting down; its agents stay with it (its spool holds their pushes)"))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._grace_s > 0:
+        if announce and self._grace_s > 0:
             log.warning("leaving: the router is told (/readyz 404); pushes are still served for %g s", self._grace_s)
             await asyncio.sleep(self._grace_s)
+
+    async def _spool_delivered(self) -> bool:
+        """Whether to tell the router: at once without BRIDGE_LEAVE_SPOOL_WAIT_S; with it, once the
+        spool holds nothing (waiting for that at most that long, serving as usual)."""
+        spool = self._delivery.spool
+        if self._spool_wait_s <= 0 or spool is None or spool.idle:
+            return True
+        log.warning("leaving once the %d pushes in the spool are delivered (at most %g s; pushes are served as usual "
+                    "meanwhile)", spool.entries, self._spool_wait_s)
+        deadline = self._clock() + self._spool_wait_s
+        while not spool.idle and self._clock() < deadline:  # noqa: ASYNC110 (the drainer delivers; this watches)
+            await asyncio.sleep(TICK_S)
+        if spool.idle:
+            return True
+        log.error("leaving with %d pushes in the spool (Kafka: %s): the router is not told, so it keeps this replica's "
+                  "agents for it until it is back with the same volume", spool.entries,
+                  self._delivery.describe()["kafka"])
+        return False
 
     async def _watch(self) -> None:
         while True:

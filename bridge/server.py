@@ -75,7 +75,8 @@ async def run(settings: config.Settings, make_publisher: Callable[..., Publisher
         return False
     publisher = make_publisher(settings, metrics, Supervisor(settings, metrics, credentials))
     delivery = Delivery(publisher, spool, metrics, spool_problem)
-    membership = Membership(delivery, settings.leave_grace_s, settings.router_probe_loss_s)
+    membership = Membership(delivery, settings.leave_grace_s, settings.router_probe_loss_s,
+                            spool_wait_s=settings.leave_spool_wait_s)
     push = Server(push_config(settings, create_app(settings, delivery, membership, metrics, risk, auth), certificate),
                   owns_signals=True, before_shutdown=membership.depart)
     management = Server(management_config(settings, create_management_app(

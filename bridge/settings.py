@@ -186,6 +186,12 @@ class Settings:
         5.0, "on SIGTERM, how long the replica keeps serving pushes after `/readyz` turned 404 (the shipped routers "
         "stop sending it new pushes at their next health check), before its push port closes; longer than the "
         "routers' check interval", within=(0.0, 300.0))
+    leave_spool_wait_s: float = setting(
+        0.0, "for a spool volume of the replica's own (Kubernetes): on SIGTERM with pushes in the spool, how long "
+        "the replica serves on as usual while they are delivered before it tells the router; if they are not "
+        "delivered by then, it closes without telling it, so the router keeps its agents for it until it is back "
+        "with the same volume (their newer pushes never overtake the spooled ones). `0`: tell the router at once "
+        "(a shared volume, where the other replicas keep the order)", within=(0.0, 3600.0))
     router_probe_loss_s: float = setting(
         10.0, "once health checks naming a router (header `x-cc-router`) have come, a replica that gets none for this "
         "long takes no pushes (the router cannot reach it, or took it out) until they come again; `0` disables",

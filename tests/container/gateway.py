@@ -59,6 +59,25 @@ async def kill(stack: Stack, victim: str) -> None:
     assert not state["Running"] and state["ExitCode"] == 137, f"{victim} after SIGKILL: {state}"
 
 
+async def stop_gracefully(stack: Stack, victim: str) -> None:
+    """What `docker compose stop` does: SIGTERM, and the compose file's stop grace period."""
+    await asyncio.to_thread(stack.engine.podman, "stop", "--time", "95", victim)
+
+
+async def freeze(stack: Stack, victim: str) -> None:
+    await asyncio.to_thread(stack.engine.podman, "kill", "--signal", "STOP", victim)
+
+
+async def thaw(stack: Stack, victim: str) -> None:
+    await asyncio.to_thread(stack.engine.podman, "kill", "--signal", "CONT", victim)
+
+
+async def routed(stack: Stack, victim: str, timeout: float = 90) -> None:
+    """Until `victim` answers /readyz 200 and the router has taken it back (its server UP)."""
+    await until(lambda: stack.management(victim, "/readyz")[0] == 200
+                and stack.router_states().get(stack.server_of(victim)) == "UP", timeout, f"{victim} back in use")
+
+
 async def start_again(stack: Stack, victim: str, timeout: float = 90) -> None:
     await asyncio.to_thread(stack.engine.podman, "start", victim)
     await until(lambda: stack.management(victim, "/readyz")[0] == 200, timeout, f"{victim} ready again")

@@ -3,6 +3,8 @@ Kafka takes it; otherwise it is spooled behind what is there; when neither can k
 refused with both reasons. A real spool on a temporary directory, a stand-in for Kafka."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bridge.delivery import Delivery, Unavailable
@@ -187,3 +189,27 @@ async def test_departing_leaves_the_spool_then_answers_404_and_never_joins_again
     assert membership.leaving and not spool.serving and membership.verdict.status == 404
     await membership._decide()
     assert membership.verdict.status == 404 and not spool.serving
+
+
+async def test_with_a_volume_of_its_own_a_departing_replica_tells_the_router_once_its_spool_is_delivered(spool):
+    delivery, _ = delivery_with(StandInKafka(ready=False), spool)
+    membership = Membership(delivery, grace_s=0, spool_wait_s=5.0)
+    await membership.start()
+    await spool.append(b"spooled while Kafka is away")
+    departing = asyncio.ensure_future(membership.depart())
+    await asyncio.sleep(0.6)
+    assert not departing.done() and membership.verdict.ready and spool.serving, "serving as usual meanwhile"
+    while entries := await spool.read():  # Kafka is back: the drainer's work
+        await spool.ack(entries)
+    await departing
+    assert membership.verdict.status == 404 and not spool.serving
+
+
+async def test_with_a_volume_of_its_own_a_departing_replica_whose_spool_stays_full_keeps_its_agents(spool):
+    delivery, _ = delivery_with(StandInKafka(ready=False), spool)
+    membership = Membership(delivery, grace_s=0, spool_wait_s=0.5)
+    await membership.start()
+    await spool.append(b"spooled while Kafka is away")
+    await membership.depart()
+    assert membership.verdict.status == 503, "no 404: the router keeps its agents for it until it is back"
+    assert "stay with it" in membership.verdict.reason and not spool.serving
