@@ -127,16 +127,26 @@ def slot_directories(root: Path, prefix: str) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name.startswith(prefix) and p.is_dir())
 
 
-def map_shared(path: Path, size: int) -> mmap.mmap:
-    """`path` (created, or grown to `size` bytes, if needed) mapped shared: every process that maps
-    it sees the others' writes at once (one page cache)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        if os.fstat(fd).st_size < size:
-            os.ftruncate(fd, size)
-        return mmap.mmap(fd, size)
-    finally:
-        os.close(fd)
+class Shared:
+    """A small file every process sharing the root reads through a shared mapping (no system call
+    per read: one page cache) and writes with pwrite. Never by storing into the mapping: on a
+    frozen or stalled volume such a store blocks in a page fault while holding the interpreter's
+    lock, which would stop every thread of the process; pwrite blocks only its own thread."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        """Open `path`, created or grown to `size` bytes if needed (blocking)."""
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(self._fd).st_size < size:
+                os.ftruncate(self._fd, size)
+            self.view = mmap.mmap(self._fd, size, prot=mmap.PROT_READ)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def write(self, at: int, data: bytes) -> None:
+        """Blocking: on the thread of whoever may wait for the volume."""
+        os.pwrite(self._fd, data, at)
 
 
 # -- segments --------------------------------------------------------------------------------------

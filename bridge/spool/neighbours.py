@@ -102,7 +102,8 @@ class Neighbours:
         """Stop taking pushes into the spool, wait for `quiet()` (the appends under way), and return
         once the others can see where the spool ends. When the volume does not let that be written
         within `timeout`, let go of the `alive` lock instead (no disk write: the kernel drops it), so
-        the others see this owner gone and wait for everything in the slot."""
+        the others see this owner gone and wait for everything in the slot. The same when the
+        volume refuses the write (read-only, full, failing)."""
         async with self._turn:
             if not self._state.serving:
                 return
@@ -113,10 +114,10 @@ class Neighbours:
                     await quiet()
                     await self._publish(replace(state, serving=False, departures=state.departures + 1,
                                                 departed_at=self._ledger.end))
-            except TimeoutError:
-                log.error("spool %s: the departure could not be written within %g s; the slot's alive lock is "
-                          "released instead, so the other replicas wait for everything in it", self._directory,
-                          timeout)
+            except (OSError, TimeoutError) as exc:
+                log.error("spool %s: the departure could not be written (%s); the slot's alive lock is released "
+                          "instead, so the other replicas wait for everything in it", self._directory,
+                          exc.strerror if isinstance(exc, OSError) else f"not within {timeout:g} s")
                 self._state = replace(state, serving=False)
                 await self._let_go()
 

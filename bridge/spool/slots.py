@@ -33,7 +33,6 @@ volume is one.
 """
 from __future__ import annotations
 
-import mmap
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -57,16 +56,18 @@ def slot_number(directory: Path) -> int | None:
 class Board:
     """The root's `board`: which slots hold or are writing undelivered pushes, as one byte each."""
 
-    def __init__(self, mapping: mmap.mmap) -> None:
-        self._map = mapping
+    def __init__(self, shared: files.Shared) -> None:
+        self._shared = shared
+        self._map = shared.view
 
     @classmethod
     def open(cls, root: Path) -> Board:
         """Map the board of `root` (blocking: call it before serving, or on the spool's thread)."""
-        return cls(files.map_shared(root / "board", SLOTS))
+        return cls(files.Shared(root / "board", SLOTS))
 
     def mark(self, number: int, busy: bool) -> None:
-        self._map[number] = 1 if busy else 0
+        """Blocking: on the spool's thread."""
+        self._shared.write(number, b"\x01" if busy else b"\x00")
 
     def busy(self, number: int) -> bool:
         return self._map[number] == 1
@@ -85,17 +86,18 @@ class Board:
 class Heartbeats:
     """The root's `heartbeats`: when each slot's owner last showed it runs."""
 
-    def __init__(self, mapping: mmap.mmap) -> None:
-        self._map = mapping
+    def __init__(self, shared: files.Shared) -> None:
+        self._shared = shared
+        self._map = shared.view
 
     @classmethod
     def open(cls, root: Path) -> Heartbeats:
         """Map the heartbeats of `root` (blocking)."""
-        return cls(files.map_shared(root / "heartbeats", SLOTS * 8))
+        return cls(files.Shared(root / "heartbeats", SLOTS * 8))
 
     def beat(self, number: int) -> None:
-        """This moment, for slot `number` (blocking: the page lives on the spool volume)."""
-        self._map[number * 8:number * 8 + 8] = int(time.time() * 1000).to_bytes(8, "little")
+        """This moment, for slot `number` (blocking: the file lives on the spool volume)."""
+        self._shared.write(number * 8, int(time.time() * 1000).to_bytes(8, "little"))
 
     def last(self, number: int) -> int:
         """When slot `number`'s owner last beat (ms since the epoch; 0: never)."""

@@ -1,12 +1,13 @@
 """A sick spool volume under the gateway's real timings, on a real file system of its own: one
 bridge spooling through a Kafka outage while its volume is frozen for 20 s (fsfreeze: every write
-waits, as on a hung network disk), then full (ENOSPC) for 10 s, then read-only for 10 s, then well
-again; Kafka comes back after that.
+waits, as on a hung network disk), then full (ENOSPC) for 10 s; it must take pushes again by itself
+once the volume is well after each. Then the kernel turns the volume read-only after an ext4 error
+(10 s); that is over only once the volume is checked and mounted again, so the bridge is stopped,
+the volume repaired, the bridge started again; Kafka comes back after that.
 
 What must hold: no push waits for an answer as long as 10 s (the bridge refuses within its append
 deadline instead), nobody is signed out, the refusals are steady while the volume is sick (no
-flapping between ready and not ready), the bridge takes pushes again by itself once the volume
-is well, and every event answered "0" is in Kafka, in order per agent.
+flapping between ready and not ready), and every event answered "0" is in Kafka, in order per agent.
 """
 from __future__ import annotations
 
@@ -43,6 +44,13 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+async def ready_within(bridge: BridgeProcess, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while (await asyncio.to_thread(bridge.readiness)).get("status") != "ready":
+        assert time.monotonic() < deadline, f"not taking pushes {what}"
+        await asyncio.sleep(0.2)
 
 
 class Readiness:
@@ -98,17 +106,24 @@ async def test_a_frozen_then_full_then_read_only_volume_signs_nobody_out_and_los
         await asyncio.to_thread(drill_broker.kill)
         await asyncio.sleep(5)  # the outage: pushes go to the spool
         for phase, sick, well, seconds in (("frozen", volume.freeze, volume.thaw, 20),
-                                           ("full", volume.fill, volume.free, 10),
-                                           ("read-only", volume.read_only, volume.read_write, 10)):
+                                           ("full", volume.fill, volume.free, 10)):
             readiness.phase = phase
+            ledger.mark(phase)
             await asyncio.to_thread(sick)
             await asyncio.sleep(seconds)
             await asyncio.to_thread(well)
             readiness.phase = f"after {phase}"
-            deadline = time.monotonic() + 10
-            while (await asyncio.to_thread(bridge.readiness)).get("status") != "ready":
-                assert time.monotonic() < deadline, f"not taking pushes 10 s after the volume was {phase}"
-                await asyncio.sleep(0.2)
+            await ready_within(bridge, 10, f"10 s after the volume was {phase}")
+        readiness.phase = "read-only"
+        ledger.mark("read-only")
+        await asyncio.to_thread(volume.break_to_read_only)
+        await asyncio.sleep(10)
+        failures = await asyncio.to_thread(metrics_of, bridge)
+        readiness.phase = "repaired"
+        ledger.mark("repair")
+        await asyncio.to_thread(bridge.stop)
+        await asyncio.to_thread(volume.repair)
+        await asyncio.to_thread(bridge.start)
         await asyncio.sleep(5)  # spooling again
         await asyncio.to_thread(drill_broker.start)
         ledger.mark("restored")
@@ -116,7 +131,6 @@ async def test_a_frozen_then_full_then_read_only_volume_signs_nobody_out_and_los
         simulator.stop()
         summary = await load
         await until_drained([bridge])
-        failures = await asyncio.to_thread(metrics_of, bridge)
     finally:
         volume.thaw()
         for task in (load, watching):

@@ -1,7 +1,11 @@
 """A real file system of its own for the spool, and the real faults volumes have: a small ext4
 image on a loop device, mounted in a temporary directory; frozen with fsfreeze (every write waits,
-as on a hung network disk), filled to ENOSPC, remounted read-only. Needs root, mkfs.ext4, mount
-and fsfreeze (util-linux); `available()` says why not when they are missing."""
+as on a hung network disk), filled to ENOSPC, and turned read-only by the kernel after an error
+(ext4's `errors=remount-ro`, triggered through its sysfs `trigger_fs_error`: an administrator's
+`remount,ro` is refused while a process has files open for writing, the kernel's own is not).
+That last one is over only once the volume is unmounted, checked and mounted again, so whoever
+has files open on it must start again. Needs root, mkfs.ext4, e2fsck, mount and fsfreeze;
+`available()` says why not when they are missing."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-TOOLS = ("mkfs.ext4", "mount", "umount", "fsfreeze")
+TOOLS = ("mkfs.ext4", "e2fsck", "mount", "umount", "fsfreeze")
 
 
 def available() -> str:
@@ -21,8 +25,10 @@ def available() -> str:
     return f"missing {', '.join(missing)}" if missing else ""
 
 
-def run(*command: str) -> None:
-    subprocess.run(command, check=True, capture_output=True, timeout=60)
+def run(*command: str, ok: tuple[int, ...] = (0,)) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if done.returncode not in ok:
+        raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
 
 
 class LoopVolume:
@@ -40,8 +46,11 @@ class LoopVolume:
         with open(self.image, "wb") as image:
             image.truncate(self.size_mb << 20)
         run("mkfs.ext4", "-q", "-F", "-m", "0", str(self.image))
-        run("mount", "-o", "loop", str(self.image), str(self.mount))
+        self._mount()
         return self
+
+    def _mount(self) -> None:
+        run("mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.mount))
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -71,11 +80,17 @@ class LoopVolume:
     def free(self) -> None:
         self._filler.unlink(missing_ok=True)
 
-    def read_only(self) -> None:
-        run("mount", "-o", "remount,ro", str(self.mount))
+    def break_to_read_only(self) -> None:
+        """An ext4 error: the kernel makes the file system read-only at once, open files or not."""
+        device = Path(subprocess.run(["findmnt", "-no", "SOURCE", str(self.mount)], capture_output=True, text=True,
+                                     check=True).stdout.strip()).name
+        Path(f"/sys/fs/ext4/{device}/trigger_fs_error").write_text("fault test\n")
 
-    def read_write(self) -> None:
-        run("mount", "-o", "remount,rw", str(self.mount))
+    def repair(self) -> None:
+        """Unmount, check (errors corrected: e2fsck exits 1) and mount again; nothing may have it open."""
+        run("umount", str(self.mount))
+        run("e2fsck", "-f", "-y", str(self.image), ok=(0, 1))
+        self._mount()
 
     def close(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError):

@@ -329,7 +329,7 @@ async def test_a_live_owner_that_stops_beating_is_taken_for_gone(tmp_path):
     await a.append(b"older push of an agent the router moves while a is frozen")
     a._beating.cancel()  # frozen: its lock is held, its heartbeat stops
     old = int((time.time() - 10) * 1000).to_bytes(8, "little")
-    Heartbeats.open(tmp_path)._map[0:8] = old
+    Heartbeats.open(tmp_path)._shared.write(0, old)
     assert not await b.vet_direct() and b.order()["holding"]["waiting_for"] == ["slot-0"]
     assert await deliver(a) == [b"older push of an agent the router moves while a is frozen"]
     assert await settle(b) and not b.holding
