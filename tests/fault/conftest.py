@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench._cluster import Broker
+from tests.support import Broker
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench._cluster import Cluster
 from bench.faults import CLUSTER_SCENARIOS, DrillSettings, run_drill
+from tests.support import Cluster
 
 from .test_faults import EXTRA_ENV
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import ROOT, Bridge, Kafka, bridge_env, free_port, push_headers, read_topics
+from conftest import bridge_env, push_headers, read_topics
 
 from bench.verify import seen
 from bridge.drainer import encode
 from bridge.records import Record
 from bridge.spool.format import frame
+from tests.support import ROOT, BridgeProcess, Broker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +29,17 @@ FAST = {"BRIDGE_JOIN_WINDOW_S": "2", "BRIDGE_LOG_LEVEL": "info"}
 
 
 @pytest.fixture(scope="module")
-def order_kafka(tmp_path_factory, tls_dir) -> Kafka:
+def order_kafka(tmp_path_factory, tls_dir) -> Broker:
     """A broker of this module's own: the tests kill and restart it."""
-    broker = Kafka(tmp_path_factory.mktemp("order-kafka"), tls_dir)
+    broker = Broker(tmp_path_factory.mktemp("order-kafka"), tls_dir)
     try:
         yield broker.start()
     finally:
         broker.kill()
 
 
-def replica(kafka: Kafka, topic: str, spool: Path, tls_dir: Path, **extra: str) -> Bridge:
-    return Bridge(bridge_env(kafka, topic, BRIDGE_SPOOL_DIR=str(spool), **{**FAST, **extra}), tls_dir)
+def replica(kafka: Broker, topic: str, spool: Path, tls_dir: Path, **extra: str) -> BridgeProcess:
+    return BridgeProcess(bridge_env(kafka, topic, BRIDGE_SPOOL_DIR=str(spool), **{**FAST, **extra}), tls_dir)
 
 
 def body(agent: str, number: int) -> bytes:
@@ -46,14 +47,14 @@ def body(agent: str, number: int) -> bytes:
         {"eventType": "AgentState_Ready", "workNo": agent, "eventGenTime": number}]})
 
 
-async def push(client, bridge: Bridge, agent: str, numbers: range) -> None:
+async def push(client, bridge: BridgeProcess, agent: str, numbers: range) -> None:
     """The gateway's way: one push at a time per agent, the next once the last was answered "0"."""
     for number in numbers:
         reply = await client.post(bridge.url, body(agent, number), push_headers())
         assert (reply.status, orjson.loads(reply.body)["retcode"]) == (200, "0"), reply.text
 
 
-async def mode(bridge: Bridge) -> dict:
+async def mode(bridge: BridgeProcess) -> dict:
     return await asyncio.to_thread(bridge.readiness)
 
 
@@ -64,13 +65,13 @@ async def until(condition, what: str, timeout: float = 90.0) -> None:
         await asyncio.sleep(0.2)
 
 
-async def spooling(bridge: Bridge) -> None:
+async def spooling(bridge: BridgeProcess) -> None:
     async def check() -> bool:
         return (await mode(bridge)).get("mode") == "spooling"
     await until(check, f"{bridge.url} spooling")
 
 
-async def settled(*bridges: Bridge) -> None:
+async def settled(*bridges: BridgeProcess) -> None:
     """Every replica sends straight to Kafka again: its spool, and every slot it adopted, delivered."""
     async def check() -> bool:
         for bridge in bridges:
@@ -81,7 +82,7 @@ async def settled(*bridges: Bridge) -> None:
     await until(check, "every spool delivered")
 
 
-async def numbers_of(kafka: Kafka, topic: str, agent: str) -> list[int]:
+async def numbers_of(kafka: Broker, topic: str, agent: str) -> list[int]:
     """The agent's eventGenTime values in Kafka in offset order, repeated ce_id dropped (as a consumer does)."""
     found, ids = [], set()
     for record in map(seen, await read_topics(kafka, [topic])):
@@ -91,11 +92,11 @@ async def numbers_of(kafka: Kafka, topic: str, agent: str) -> list[int]:
     return found
 
 
-async def kill_kafka(kafka: Kafka) -> None:
+async def kill_kafka(kafka: Broker) -> None:
     await asyncio.to_thread(kafka.kill)
 
 
-async def start_kafka(kafka: Kafka) -> None:
+async def start_kafka(kafka: Broker) -> None:
     await asyncio.to_thread(kafka.start)
 
 
@@ -156,7 +157,7 @@ async def test_a_replica_coming_back_holds_its_agents_pushes_until_the_others_de
     assert "hold released" in a.log()
 
 
-def b_slot(bridge: Bridge) -> str:
+def b_slot(bridge: BridgeProcess) -> str:
     return Path(bridge.readiness()["spool"]["directory"]).name
 
 
@@ -170,7 +171,7 @@ def prefill(slot: Path, topic: str, count: int, agents: int) -> None:
     (slot / f"{1:020d}.seg").write_bytes(b"".join(frames))
 
 
-async def every_agent_in_order(kafka: Kafka, topic: str, count: int, agents: int) -> None:
+async def every_agent_in_order(kafka: Broker, topic: str, count: int, agents: int) -> None:
     numbers: dict[str, list[int]] = {}
     ids = set()
     for record in map(seen, await read_topics(kafka, [topic])):
@@ -196,7 +197,7 @@ async def test_sigterm_with_a_spool_delivers_it_before_exiting(client, order_kaf
     await every_agent_in_order(order_kafka, topic, 60_000, agents=600)
 
 
-def run_drain(kafka: Kafka, topic: str, spool: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+def run_drain(kafka: Broker, topic: str, spool: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(bridge_env(kafka, topic, **extra))
     return subprocess.run([sys.executable, "-m", "bridge", "drain", "--spool-dir", str(spool), *args], env=env,
