@@ -2,9 +2,11 @@
 
 The broker (`kafka`) is started once per test session by the project's own deploy/kafka-local
 script, on free loopback ports in a temporary directory, with an SSL listener that requires client
-certificates; it is stopped when the session ends. Bridges run as real `python -m bridge serve`
-processes over HTTPS, each module with topics of its own. The processes themselves are
-tests.support's, shared with the fault drills and the benchmarks.
+certificates; it is stopped when the session ends. Tests that stop, kill or freeze a broker take
+`disposable_kafka` instead (a broker of their module's own), and the cluster drills take
+`kafka_cluster` (three nodes). Bridges run as real `python -m bridge serve` processes over HTTPS,
+each module with topics of its own. The processes themselves are tests.support's, shared with the
+fault drills and the benchmarks.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import aiohttp
 import pytest
 
 from bench.verify import read_committed
-from tests.support import BridgeProcess, Broker, make_tls
+from tests.support import BridgeProcess, Broker, Cluster, make_tls
 
 TOKEN = "Tok3n-for_tests"
 GUID = "279fe21d-1b2c-4d3e-9f00-aabbccddeeff.AgentGateway1"
@@ -36,6 +38,26 @@ def kafka(tmp_path_factory, tls_dir) -> Broker:
         yield broker.start()
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="module")
+def disposable_kafka(tmp_path_factory, tls_dir) -> Broker:
+    """A broker of the requesting module's own, which its tests may stop, kill, freeze and restart."""
+    broker = Broker(tmp_path_factory.mktemp("disposable-kafka"), tls_dir)
+    try:
+        yield broker.start()
+    finally:
+        broker.kill()
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster(tmp_path_factory, tls_dir) -> Cluster:
+    """A three-node cluster of the requesting module's own (replication factor 3, min ISR 2)."""
+    nodes = Cluster(tmp_path_factory.mktemp("kafka-cluster"), tls_dir)
+    try:
+        yield nodes.start()
+    finally:
+        nodes.kill()
 
 
 @pytest.fixture(scope="module")

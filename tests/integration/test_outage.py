@@ -27,16 +27,6 @@ PUSH = orjson.dumps({"workNo": "80001", "eventList": [
     {"eventType": "AgentState_Ready", "workNo": "80001", "content": {"pad": "x" * 20_000}}]})
 
 
-@pytest.fixture(scope="module")
-def outage_kafka(tmp_path_factory, tls_dir) -> Broker:
-    """A broker of this module's own: the tests stop and kill it."""
-    broker = Broker(tmp_path_factory.mktemp("outage-kafka"), tls_dir)
-    try:
-        yield broker.start()
-    finally:
-        broker.kill()
-
-
 def simulator(bridge: BridgeProcess, tls_dir: Path, ledger: Ledger, agents: int = 40) -> Simulator:
     return Simulator(SimSettings(url=bridge.url, agents=agents, cafile=str(tls_dir / "ca.pem"), token=TOKEN,
                                  duration_s=300, retry_interval_s=1.0, timeout_s=8.0, think_s=(0.1, 0.6),
@@ -81,17 +71,17 @@ async def gateway_on_spooling_bridge(kafka: Broker, tls_dir: Path, tmp_path: Pat
         await bridge.astop()
 
 
-async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_order(client, outage_kafka, tls_dir,
+async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_order(client, disposable_kafka, tls_dir,
                                                                                   tmp_path):
     topic = "test.outage.stop"
-    async with gateway_on_spooling_bridge(outage_kafka, tls_dir, tmp_path, topic) as (bridge, gateway, load, ledger):
+    async with gateway_on_spooling_bridge(disposable_kafka, tls_dir, tmp_path, topic) as (bridge, gateway, load, ledger):
         await asyncio.sleep(3)
-        await asyncio.to_thread(outage_kafka.kill)
+        await asyncio.to_thread(disposable_kafka.kill)
         await wait_for_mode(client, bridge, "spooling")
         assert (await management(client, bridge, "/readyz")).status == 200, "a replica that can spool stays ready"
         await asyncio.sleep(6)
         spooled_during = gateway.pushes_acked
-        await asyncio.to_thread(outage_kafka.start)
+        await asyncio.to_thread(disposable_kafka.start)
         info = await wait_for_mode(client, bridge, "direct")
         await asyncio.sleep(2)
         gateway.stop()
@@ -99,7 +89,7 @@ async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_ord
         metrics = (await management(client, bridge, "/metrics")).text
     assert sum(summary.failures.values()) == 0, f"pushes failed during the outage: {summary.line()}"
     assert spooled_during > 0 and info["spool"]["entries"] == 0
-    records = await check_delivered(outage_kafka, topic, ledger)
+    records = await check_delivered(disposable_kafka, topic, ledger)
     spooled = [r for r in records if headers_of(r).get("bridge_spooled") == "true"]
     assert spooled, "no record went through the spool"
     line = next(x for x in metrics.splitlines() if x.startswith("bridge_spooled_pushes_total"))
@@ -108,24 +98,24 @@ async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_ord
     assert "outage mode ended" in bridge.log()
 
 
-async def test_bridge_killed_while_spooling_loses_nothing_acknowledged(client, outage_kafka, tls_dir, tmp_path):
+async def test_bridge_killed_while_spooling_loses_nothing_acknowledged(client, disposable_kafka, tls_dir, tmp_path):
     topic = "test.outage.kill"
-    outage_kafka.start()
-    async with gateway_on_spooling_bridge(outage_kafka, tls_dir, tmp_path, topic) as (bridge, gateway, load, ledger):
+    disposable_kafka.start()
+    async with gateway_on_spooling_bridge(disposable_kafka, tls_dir, tmp_path, topic) as (bridge, gateway, load, ledger):
         await asyncio.sleep(2)
-        await asyncio.to_thread(outage_kafka.kill)
+        await asyncio.to_thread(disposable_kafka.kill)
         await wait_for_mode(client, bridge, "spooling")
         await asyncio.sleep(3)
         await asyncio.to_thread(bridge.kill)
         await asyncio.to_thread(bridge.start)  # ready at once: its spool accepts, Kafka is still away
         assert "undelivered pushes" in bridge.log()
         await asyncio.sleep(3)
-        await asyncio.to_thread(outage_kafka.start)
+        await asyncio.to_thread(disposable_kafka.start)
         await wait_for_mode(client, bridge, "direct")
         gateway.stop()
         summary = await load
     assert summary.signed_out == 0
-    await check_delivered(outage_kafka, topic, ledger)
+    await check_delivered(disposable_kafka, topic, ledger)
 
 
 async def push_until_refused(client, bridge: BridgeProcess, limit: int = 400) -> tuple[int, object]:
