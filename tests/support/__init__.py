@@ -1,7 +1,7 @@
 """The real processes behind the tests, the fault drills and the benchmarks, one concern a module:
 
 - paths: the repository root and the push path
-- ports: loopback ports for the servers, and whether one accepts connections
+- ports: loopback ports reserved for the life of the process, never handed out twice
 - tls: a throw-away CA and localhost certificate
 - processes: freezing and thawing a process (a hung peer)
 - kafka: the local single-node broker (deploy/kafka-local) and the client settings that reach it
