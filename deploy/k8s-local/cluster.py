@@ -24,6 +24,7 @@ import daemons
 import host
 import images
 import pki
+import processes
 import workload
 from common import (
     CNI_BIN,
@@ -84,15 +85,15 @@ def up() -> None:
     wanted = sorted({image for names in used.values() for image in names} | {daemons.PAUSE_IMAGE})
     images.build(engine, wanted)
     for make in daemons.CONTROL_PLANE:
-        daemons.start(make())
-    daemons.start(daemons.containerd())
+        processes.start(make())
+    processes.start(daemons.containerd())
     changed = images.import_all(engine, wanted)
     restart = workload.existing([w for w, names in used.items() if set(names) & set(changed)])
     workload.addons()
-    daemons.start(daemons.coredns())
-    daemons.start(daemons.kubelet())
+    processes.start(daemons.coredns())
+    processes.start(daemons.kubelet())
     daemons.wait_node_ready()
-    daemons.start(daemons.kube_proxy())  # it reads the node's addresses from the node object
+    processes.start(daemons.kube_proxy())  # it reads the node's addresses from the node object
     workload.deploy(rendered, restart)
     lines = workload.env_lines()
     ENV_FILE.write_text("\n".join(lines) + "\n")
@@ -107,19 +108,19 @@ def tasks_left() -> int:
 
 def down() -> None:
     started = time.monotonic()
-    if daemons.running("kube-apiserver") and daemons.running("kubelet") and daemons.running("containerd"):
+    if processes.running("kube-apiserver") and processes.running("kubelet") and processes.running("containerd"):
         # Without the controllers nothing replaces a pod; the kubelet then stops every container and
         # tears its sandbox down (network included) the way it always does.
-        daemons.stop("kube-controller-manager")
-        daemons.stop("kube-scheduler")
+        processes.stop("kube-controller-manager")
+        processes.stop("kube-scheduler")
         kubectl("delete", "pods", "--all", "--all-namespaces", "--force", "--grace-period=0", "--wait=false",
                 check=False, timeout=60)
         try:
             wait_for(lambda: tasks_left() == 0, 90, "every container stopped by the kubelet")
         except ClusterError as exc:
             log(f"{exc}: stopping what is left directly")
-    for name in daemons.STOP_ORDER:
-        daemons.stop(name)
+    for name in processes.STOP_ORDER:
+        processes.stop(name)
     host.kill_leftovers()
     host.iptables_down()
     host.unmount_all()
@@ -137,7 +138,7 @@ def down() -> None:
 
 
 def env() -> None:
-    daemons.require_running()
+    processes.require_running()
     if kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
         raise ClusterError(f"the cluster runs but namespace {NAMESPACE} is missing (run `make k8s-up`)")
     print("\n".join(workload.env_lines()))
