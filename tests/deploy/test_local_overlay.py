@@ -42,9 +42,10 @@ def script(name: str):
 
 
 @functools.cache
-def render_local() -> list[dict]:
+def render_local(with_jobs: bool = False) -> list[dict]:
     """The overlay, its paths rebased into a scratch directory and its Secrets' files replaced by
-    placeholders (the real ones are made by `make k8s-up` under .local/k8s)."""
+    placeholders (the real ones are made by `make k8s-up` under .local/k8s); with the drain Job
+    component added to it when asked, as an operator adds it."""
     need(yaml, "PyYAML")
     scratch = Path(tempfile.mkdtemp(prefix="local-overlay-"))
     kustomization = yaml.safe_load((LOCAL / "kustomization.yaml").read_text())
@@ -56,6 +57,8 @@ def render_local() -> list[dict]:
         else:
             resources.append(os.path.relpath((LOCAL / resource).resolve(), scratch))
     kustomization["resources"] = resources
+    if with_jobs:
+        kustomization["components"] = [os.path.relpath(KUBERNETES / "jobs", scratch)]
     for generator in kustomization["secretGenerator"]:
         files = []
         for entry in generator["files"]:
@@ -159,3 +162,13 @@ def test_kafka_pod_passes_the_restricted_standard_and_takes_no_service_links():
     [container] = pod["containers"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_drain_job_runs_the_statefulsets_image_in_the_local_overlay():
+    """The local overlay renames the image and leaves the tag to the base, as overlays may."""
+    objects = render_local(with_jobs=True)
+    [job] = [o for o in objects if o["kind"] == "Job"]
+    bridge = find(objects, "StatefulSet", STATEFULSET)
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == \
+        bridge["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert job["metadata"]["namespace"] == bridge["metadata"]["namespace"]
