@@ -106,9 +106,9 @@ def run(argv: Sequence[str | Path], *, check: bool = True, timeout: float = 120,
     return result
 
 
-def kubectl(*args: str, check: bool = True, timeout: float = 120,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return run([*kubectl_argv(), *args], check=check, timeout=timeout, input=input)
+def kubectl(*args: str, check: bool = True, timeout: float = 120, input: str | None = None,
+            quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    return run([*kubectl_argv(), *args], check=check, timeout=timeout, input=input, quiet=quiet)
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, where: str = "",

@@ -241,7 +241,7 @@ CONTROL_PLANE = [etcd, apiserver, controller_manager, scheduler]
 
 def node_ready() -> bool:
     result = kubectl("get", "node", NODE, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-                     check=False)
+                     check=False, quiet=True)
     return result.stdout.strip() == "True"
 
 

@@ -27,7 +27,6 @@ from common import (
     ROUTER_IP,
     VOLUMES,
     kubectl,
-    kubectl_argv,
     log,
     run,
     tool,
@@ -110,8 +109,7 @@ def pod_images(objects: list[dict]) -> dict[str, list[str]]:
 
 
 def existing(kind_names: list[str]) -> list[str]:
-    return [k for k in kind_names
-            if run([*kubectl_argv(), "-n", NAMESPACE, "get", k, "-o", "name"], check=False, quiet=True).returncode == 0]
+    return [k for k in kind_names if kubectl("-n", NAMESPACE, "get", k, "-o", "name", check=False, quiet=True).returncode == 0]
 
 
 def deploy(rendered: str, restart: list[str]) -> None:

@@ -33,6 +33,7 @@ async def test_pushes_through_the_router_reach_kafka_in_order(cluster):
     records = await read_committed(cluster.kafka_options(), [TOPIC], 120)
     ours = [r for r in records if r.key is not None and first <= int(r.key) < first + settings.agents]
     figures = compare(ledger, [seen(r) for r in ours])
+    print(f"\nsmoke check: {figures.line()}")
     assert figures.lost == 0 and figures.order_violations == 0 and figures.events_found == figures.events_acked, \
         figures.line()
 
@@ -43,3 +44,4 @@ async def test_pushes_through_the_router_reach_kafka_in_order(cluster):
     pods = set().union(*replicas.values())
     assert all(re.fullmatch(rf"{env['BRIDGE_STATEFULSET']}-\d+", pod) for pod in pods), pods
     assert all(len(names) == 1 for names in replicas.values()), f"an agent's records came from several pods: {replicas}"
+    print(f"smoke check: {len(replicas)} agents over the pods {sorted(pods)}, each agent on one pod")
