@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import json
 import os
 import shlex
@@ -49,14 +50,14 @@ SYSCTLS = [
 # (/var/lib/cni), the shims' sockets (/run/containerd/s). `down` removes the ones `up` created.
 CREATED_AT_FIXED_PLACES = ["/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni",
                            "/run/containerd", "/usr/libexec/kubernetes"]
-WATCHED_PATHS = [*CREATED_AT_FIXED_PLACES, "/etc/cni/net.d", "/opt/cni", "/var/lib/containerd", "/var/run/netns",
-                 "/etc/kubernetes", "/opt/containerd"]
+WATCHED_PATHS = [*CREATED_AT_FIXED_PLACES, "/etc/cni/net.d", "/opt/cni", "/var/lib/containerd", "/etc/kubernetes",
+                 "/opt/containerd"]
 FAMILIES = {"iptables-save": "ip", "ip6tables-save": "ip6"}
 OUR_CHAINS = ("KUBE-",)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Whatever matches these belongs to another program on the machine (podman), not to the cluster.
-OTHERS = ("podman", "NETAVARK", "netavark", "/var/lib/cc-gateway-bridge/containers",
-          "/run/cc-gateway-bridge/containers", "/run/netns/netns-", "aardvark")
+OTHERS = ("podman", "NETAVARK", "netavark", "libpod", "/var/lib/cc-gateway-bridge/containers",
+          "/run/cc-gateway-bridge/containers", "/run/netns", "aardvark")
 
 
 def sysctl_path(name: str) -> Path:
@@ -116,13 +117,22 @@ def record() -> None:
 
 
 def differences(before: dict[str, list[str]], after: dict[str, list[str]]) -> tuple[list[str], list[str]]:
-    """(left by the cluster, changed by other programs) between two snapshots."""
+    """(left by the cluster, changed by other programs) between two snapshots. Another program's:
+    what names it (OTHERS), and whatever is on an interface of its own or attached to one."""
+    devices = {link.split()[0] for link in before["links"] + after["links"] if any(m in link for m in OTHERS)}
+
+    def foreign(kind: str, item: str) -> bool:
+        words = item.split()
+        on_device = (kind == "addresses" and words[0] in devices) or any(
+            word == "dev" and following in devices for word, following in itertools.pairwise(words))
+        return on_device or any(marker in item for marker in OTHERS)
+
     ours, others = [], []
     for kind in before:
         old, new = set(before[kind]), set(after.get(kind, []))
         for sign, items in (("+", new - old), ("-", old - new)):
             for item in sorted(items):
-                (others if any(marker in item for marker in OTHERS) else ours).append(f"{kind} {sign} {item}")
+                (others if foreign(kind, item) else ours).append(f"{kind} {sign} {item}")
     return ours, others
 
 
