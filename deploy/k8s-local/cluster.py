@@ -25,6 +25,7 @@ import host
 import images
 import pki
 import processes
+import record
 import workload
 from common import (
     CNI_BIN,
@@ -75,7 +76,7 @@ def up() -> None:
     started = time.monotonic()
     packages()
     binaries()
-    host.record()
+    record.record()
     host.network_up()
     pki.cluster_pki()
     workload.local_files()
@@ -126,7 +127,7 @@ def down() -> None:
     host.unmount_all()
     host.network_down()
     host.remove_cgroups()
-    ours, others = host.restore()
+    ours, others = record.restore()
     for directory in (STATE, RUN):
         shutil.rmtree(directory, ignore_errors=True)
     ENV_FILE.unlink(missing_ok=True)
