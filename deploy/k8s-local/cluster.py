@@ -32,6 +32,7 @@ from common import (
     CONTAINERD_SOCKET,
     ENV_FILE,
     HERE,
+    HOST_RECORD,
     NAMESPACE,
     RUN,
     STATE,
@@ -109,6 +110,9 @@ def tasks_left() -> int:
 
 def down() -> None:
     started = time.monotonic()
+    if not HOST_RECORD.exists() and not any(processes.running(name) for name in processes.STOP_ORDER):
+        log(f"no local cluster was started here (no record in {HOST_RECORD}): nothing to do")
+        return
     if processes.running("kube-apiserver") and processes.running("kubelet") and processes.running("containerd"):
         # Without the controllers nothing replaces a pod; the kubelet then stops every container and
         # tears its sandbox down (network included) the way it always does.
