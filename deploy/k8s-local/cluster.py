@@ -136,8 +136,8 @@ def down() -> None:
         shutil.rmtree(directory, ignore_errors=True)
     ENV_FILE.unlink(missing_ok=True)
     if others:
-        log(f"{len(others)} differences made meanwhile by other programs (podman's networks and containers) "
-            "left alone, for example: " + "; ".join(others[:3]))
+        log(f"{len(others)} differences made meanwhile by other programs on the machine left alone, "
+            "for example: " + "; ".join(others[:3]))
     if ours:
         raise ClusterError("the machine still differs from before `up`:\n  " + "\n  ".join(ours))
     log(f"down in {time.monotonic() - started:.0f}s; the machine is as it was before `up`")
