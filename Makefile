@@ -7,7 +7,7 @@ TLS := $(LOCAL)/tls
 KAFKA_LOCAL := $(PYTHON) deploy/kafka-local/kafkalocal.py
 KAFKA_CLUSTER := $(PYTHON) deploy/kafka-local/kafkacluster.py
 
-.PHONY: run test lint unit kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-jars certs venv npm lock clean consume bench fault wallboard container-test
+.PHONY: run test lint unit kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-jars certs venv npm lock clean consume bench fault wallboard container-test k8s-up k8s-down k8s-test
 
 run: venv certs
 	@deploy/local-run.sh
@@ -29,6 +29,22 @@ unit: venv npm
 # no engine can be set up, except under CI (the CI variable set), where that is a failure.
 container-test: venv kafka-jars
 	$(VENV)/bin/pytest -m container -s tests/container
+
+# A real single-node Kubernetes (root, docs/kubernetes-local.md): `k8s-up` builds what is missing
+# (the binaries from the Go module proxy, cached per version; the images with podman), starts the
+# cluster, deploys deploy/kubernetes/overlays/local and prints KEY=VALUE lines for scripts;
+# `k8s-down` removes everything it started. `k8s-test` is up, the tests under tests/k8s, down.
+# Not part of `make test` nor of CI: a cold start builds for tens of minutes.
+K8S_LOCAL := deploy/k8s-local/cluster.py
+k8s-up: venv kafka-jars
+	@$(VENV)/bin/python $(K8S_LOCAL) up
+
+k8s-down:
+	@$(PYTHON) $(K8S_LOCAL) down
+
+k8s-test: venv kafka-jars
+	@status=0; $(VENV)/bin/python $(K8S_LOCAL) up >/dev/null && $(VENV)/bin/pytest -m k8s -s tests/k8s || status=1; \
+	  $(PYTHON) $(K8S_LOCAL) down || status=1; exit $$status
 
 # Only the fault drills (also part of `make test`); the long form is python -m bench.faults.
 fault: venv kafka-jars

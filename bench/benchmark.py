@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Self
 
-from ._cluster import ROOT, BridgeProcess, Broker, free_port, make_tls
+from tests.support import ROOT, BridgeProcess, Broker, free_port, make_tls
+
 from .events import write_bodies
 
 CACHE = ROOT / ".local" / "bench"

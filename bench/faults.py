@@ -51,8 +51,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import replica_drills
-from ._cluster import TOKEN, BridgeProcess, Broker, Cluster, LoadBalancer, make_tls
+from tests.support import BridgeProcess, Broker, Cluster, LoadBalancer, make_tls
+
+from . import TOKEN, replica_drills
 from .simulate import Ledger, SimSettings, Simulator, Summary, pair
 from .verify import RESTORED, Figures, Seen, compare, read_topics
 

@@ -23,7 +23,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ._cluster import BridgeProcess, Broker
+from tests.support import BridgeProcess, Broker
 
 SHARED, SEPARATE = "replica-loss", "replica-loss-separate"
 SCENARIOS = (SHARED, SEPARATE)

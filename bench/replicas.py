@@ -26,7 +26,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ._cluster import PUSH_PATH, ROUTER_LINE, BridgeProcess, Router
+from tests.support import PUSH_PATH, ROUTER_LINE, BridgeProcess, Router
+
 from .benchmark import FULL, NCPU, QUICK, Bench, cores, environment, machine, memory_mb, ms
 
 Figures = dict[str, Any]  # what Bench.load returns, and the results built from it

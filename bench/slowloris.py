@@ -36,7 +36,9 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from ._cluster import PUSH_PATH, TOKEN, BridgeProcess, Broker, make_tls
+from tests.support import PUSH_PATH, BridgeProcess, Broker, make_tls
+
+from . import TOKEN
 from .simulate import SimSettings, Simulator
 
 KINDS = ("slow_head", "no_tls", "slow_body", "idle")

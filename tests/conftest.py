@@ -1,10 +1,12 @@
-"""Shared test fixtures: real TLS material, a real Kafka broker, and bridge processes.
+"""Shared test fixtures: real TLS material, real Kafka, and bridge processes.
 
-The broker is started once per test session by the project's own deploy/kafka-local script, on
-free loopback ports in a temporary directory, with an SSL listener that requires client
-certificates; it is stopped when the session ends. Bridges run as real `python -m bridge serve`
-processes over HTTPS, each module with topics of its own. The process helpers live in
-bench/_cluster.py, shared with the fault drills.
+The broker (`kafka`) is started once per test session by the project's own deploy/kafka-local
+script, on free loopback ports in a temporary directory, with an SSL listener that requires client
+certificates; it is stopped when the session ends. Tests that stop, kill or freeze a broker take
+`disposable_kafka` instead (a broker of their module's own), and the cluster drills take
+`kafka_cluster` (three nodes). Bridges run as real `python -m bridge serve` processes over HTTPS,
+each module with topics of its own. The processes themselves are tests.support's, shared with the
+fault drills and the benchmarks.
 """
 from __future__ import annotations
 
@@ -16,16 +18,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bench._cluster import ROOT, BridgeProcess, Broker, free_port, load_kafkalocal, make_tls  # noqa: F401
 from bench.verify import read_committed
+from tests.support import BridgeProcess, Broker, Cluster, make_tls
 
 TOKEN = "Tok3n-for_tests"
 GUID = "279fe21d-1b2c-4d3e-9f00-aabbccddeeff.AgentGateway1"
-
-
-# One implementation of the real processes, shared with the fault drills (bench/_cluster.py).
-Kafka = Broker
-Bridge = BridgeProcess
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +32,7 @@ def tls_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory, tls_dir) -> Broker:
+    """The session's broker; tests must leave it running."""
     broker = Broker(tmp_path_factory.mktemp("kafka"), tls_dir)
     try:
         yield broker.start()
@@ -43,18 +41,38 @@ def kafka(tmp_path_factory, tls_dir) -> Broker:
 
 
 @pytest.fixture(scope="module")
+def disposable_kafka(tmp_path_factory, tls_dir) -> Broker:
+    """A broker of the requesting module's own, which its tests may stop, kill, freeze and restart."""
+    broker = Broker(tmp_path_factory.mktemp("disposable-kafka"), tls_dir)
+    try:
+        yield broker.start()
+    finally:
+        broker.kill()
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster(tmp_path_factory, tls_dir) -> Cluster:
+    """A three-node cluster of the requesting module's own (replication factor 3, min ISR 2)."""
+    nodes = Cluster(tmp_path_factory.mktemp("kafka-cluster"), tls_dir)
+    try:
+        yield nodes.start()
+    finally:
+        nodes.kill()
+
+
+@pytest.fixture(scope="module")
 def topic() -> str:
     return f"test.events.{uuid.uuid4().hex[:10]}"
 
 
-def bridge_env(kafka: Kafka, topic: str, **extra: str) -> dict[str, str]:
+def bridge_env(kafka: Broker, topic: str, **extra: str) -> dict[str, str]:
     return {**kafka.bridge_env(), "BRIDGE_TOPIC": topic, "BRIDGE_SERVICE_TOKENS": f"{TOKEN},second-token",
             "BRIDGE_CREATE_TOPICS": "true", "BRIDGE_TOPIC_PARTITIONS": "6", **extra}
 
 
 @pytest.fixture(scope="module")
-def bridge(kafka, tls_dir, topic, tmp_path_factory) -> Bridge:
-    process = Bridge(bridge_env(kafka, topic), tls_dir).start(tmp_path_factory.mktemp("logs"))
+def bridge(kafka, tls_dir, topic, tmp_path_factory) -> BridgeProcess:
+    process = BridgeProcess(bridge_env(kafka, topic), tls_dir).start(tmp_path_factory.mktemp("logs"))
     yield process
     process.stop()
 
@@ -105,7 +123,7 @@ async def client(tls_dir) -> Http:
         yield Http(session)
 
 
-async def read_topics(kafka: Kafka, topics: list[str], timeout: float = 60.0) -> list:
+async def read_topics(kafka: Broker, topics: list[str], timeout: float = 60.0) -> list:
     """Every record currently in `topics` (committed data), partition by partition in offset order."""
     return await read_committed(kafka.client_options(), topics, timeout)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bench._cluster import free_port, make_tls
+from tests.support import free_port, make_tls
 
 from . import engine as engines
 from . import standins

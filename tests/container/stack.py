@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from bench._cluster import PUSH_PATH, ROUTER_LINE, RouterRequest
+from tests.support import PUSH_PATH, ROUTER_LINE, RouterRequest
 
 from .engine import Engine, Project
 

@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bench._cluster import ROUTER_LINE
 from bench.simulate import Ledger
+from tests.support import ROUTER_LINE
 
 from .engine import HealthDriver
 from .gateway import (

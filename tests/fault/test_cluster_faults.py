@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pytest
 
-from bench._cluster import Cluster
 from bench.faults import CLUSTER_SCENARIOS, DrillSettings, run_drill
 
 from .test_faults import EXTRA_ENV
@@ -25,23 +24,14 @@ SHORT = DrillSettings(agents=30, duration_s=14.0, fault_at=0.3, after_s=6.0, ret
                       drain_s=30.0, node_down_s=5.0, outage_s=8.0, partitions=12, bridge_env=EXTRA_ENV)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, tls_dir) -> Cluster:
-    nodes = Cluster(tmp_path_factory.mktemp("drill-cluster"), tls_dir)
-    try:
-        yield nodes.start()
-    finally:
-        nodes.kill()
-
-
 @pytest.mark.parametrize("scenario", CLUSTER_SCENARIOS)
-async def test_cluster_faults(scenario, cluster, tls_dir, tmp_path):
-    result = await run_drill(scenario, cluster, tls_dir, tmp_path, SHORT)
+async def test_cluster_faults(scenario, kafka_cluster, tls_dir, tmp_path):
+    result = await run_drill(scenario, kafka_cluster, tls_dir, tmp_path, SHORT)
     print(result.line())
     figures = result.figures
     assert figures.lost == 0 and figures.order_violations == 0, f"{result.line()}\n{figures.details()}"
     assert figures.pushes_acked > 0 and figures.recovery_s is not None, (
         f"no push was acknowledged after the fault ended: {result.line()}")
-    assert sorted(cluster.running()) == cluster.nodes, "every node must be back"
+    assert sorted(kafka_cluster.running()) == kafka_cluster.nodes, "every node must be back"
     assert figures.agents_failed == 0 and result.ok, f"agents noticed the {scenario}: {result.line()}"
     assert result.not_ready_s == 0, f"/readyz said 503 while pushes could be kept: {result.line()}"

@@ -26,8 +26,8 @@ SHORT_SCENARIOS = [s for s in BROKER_SCENARIOS if s not in LONG_ONLY]  # those r
 
 
 @pytest.mark.parametrize("scenario", SHORT_SCENARIOS)
-async def test_no_acknowledged_event_is_lost_or_reordered(scenario, drill_broker, tls_dir, tmp_path):
-    result = await run_drill(scenario, drill_broker, tls_dir, tmp_path, SHORT)
+async def test_no_acknowledged_event_is_lost_or_reordered(scenario, disposable_kafka, tls_dir, tmp_path):
+    result = await run_drill(scenario, disposable_kafka, tls_dir, tmp_path, SHORT)
     print(result.line())
     figures = result.figures
     assert result.ok, f"{result.line()}\n{figures.details()}"

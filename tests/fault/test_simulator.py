@@ -9,8 +9,8 @@ from collections import defaultdict
 import orjson
 from aiohttp import web
 
-from bench._cluster import free_port
 from bench.simulate import Ledger, SimSettings, Simulator
+from tests.support import free_port
 
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\.AgentGateway1")
 

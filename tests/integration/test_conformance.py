@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from conftest import GUID, TOKEN, Bridge, bridge_env, free_port, headers_of, push_headers, read_topics
+from conftest import GUID, TOKEN, bridge_env, headers_of, push_headers, read_topics
+
+from tests.support import BridgeProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +102,7 @@ def strict_bridge(kafka, tls_dir, tmp_path_factory):
     """A bridge with small limits, strict refusals and a topic of its own, so "nothing was written" can be
     checked."""
     topic = "test.refusals"
-    process = Bridge(bridge_env(kafka, topic, BRIDGE_MAX_BODY_BYTES="65536", BRIDGE_MAX_EVENTS_PER_PUSH="50",
+    process = BridgeProcess(bridge_env(kafka, topic, BRIDGE_MAX_BODY_BYTES="65536", BRIDGE_MAX_EVENTS_PER_PUSH="50",
                                 BRIDGE_MALFORMED_PUSHES="refuse"),
                      tls_dir).start(tmp_path_factory.mktemp("logs"))
     process.topic = topic
@@ -151,7 +153,7 @@ async def test_refused_pushes_write_nothing(client, strict_bridge, kafka):
 async def test_kafka_unreachable_answers_503_with_retry_after(client, tls_dir, kafka, tmp_path):
     env = bridge_env(kafka, "test.unreachable", BRIDGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
                      BRIDGE_CREATE_TOPICS="false")
-    process = Bridge(env, tls_dir).start(tmp_path, ready=False)
+    process = BridgeProcess(env, tls_dir).start(tmp_path, ready=False)
     try:
         response = await client.post(process.url, orjson.dumps(VENDOR_PUSH), headers=push_headers())
         assert response.status == 503

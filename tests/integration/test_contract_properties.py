@@ -47,12 +47,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from conftest import GUID, Bridge, Reply, bridge_env, client_context, push_headers
+from conftest import GUID, Reply, bridge_env, client_context, push_headers
 from contract_docs import ROOT, AsyncApi, OpenApi, errors
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.database import DirectoryBasedExampleDatabase
+
+from tests.support import BridgeProcess
 
 pytestmark = [
     pytest.mark.integration,
@@ -361,7 +363,7 @@ class Rig:
     """The module's bridge and a reader of its topics, driven from an event loop in a thread of its
     own so that every Hypothesis example (a plain function call) can push and read back in turn."""
 
-    def __init__(self, bridge: Bridge, kafka: Any, topics: dict[str, str], tls_dir: Any) -> None:
+    def __init__(self, bridge: BridgeProcess, kafka: Any, topics: dict[str, str], tls_dir: Any) -> None:
         self.bridge, self.kafka, self.topics, self.tls_dir = bridge, kafka, topics, tls_dir
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="property-rig", daemon=True)
@@ -433,7 +435,7 @@ def rig(kafka, tls_dir, tmp_path_factory):
     env = bridge_env(kafka, topics["events"], BRIDGE_ROUTES=f"{MEDIA_ROUTE}={topics['media']}",
                      BRIDGE_DEAD_LETTER_TOPIC=topics["dead"], BRIDGE_MAX_BODY_BYTES=str(MAX_BODY),
                      BRIDGE_MAX_EVENTS_PER_PUSH=str(MAX_EVENTS))
-    process = Bridge(env, tls_dir).start(tmp_path_factory.mktemp("logs"))
+    process = BridgeProcess(env, tls_dir).start(tmp_path_factory.mktemp("logs"))
     rig = Rig(process, kafka, topics, tls_dir)
     yield rig
     rig.close()

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
-from conftest import Bridge, Http, bridge_env, free_port, push_headers
+from conftest import Http, bridge_env, push_headers
 from contract_docs import OpenApi, malformed_pushes_env
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import BridgeProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +77,7 @@ PROBES = [
 KAFKA_DOWN = Probe("vendor-shaped push while Kafka is unreachable")
 
 
-async def ask(client: Http, bridge: Bridge, contract: OpenApi, probe: Probe) -> tuple[str, int, dict, bytes]:
+async def ask(client: Http, bridge: BridgeProcess, contract: OpenApi, probe: Probe) -> tuple[str, int, dict, bytes]:
     url = bridge.url.replace(contract.push_path, "/other/path") if probe.other_path else bridge.url
     reply = await client.request(probe.method, url, probe.body, push_headers(**(probe.headers or {})))
     where = "other paths" if probe.other_path else f"{probe.method} {contract.push_path}"
@@ -87,13 +89,13 @@ async def test_answers_are_exactly_the_documented_ones(mode, client, kafka, tls_
     contract = OpenApi()
     env = bridge_env(kafka, f"test.openapi.{mode}", **LIMITS, **malformed_pushes_env(mode))
     answers = []
-    process = Bridge(env, tls_dir).start(tmp_path)
+    process = BridgeProcess(env, tls_dir).start(tmp_path)
     try:
         for probe in PROBES:
             answers.append((probe, *await ask(client, process, contract, probe)))
     finally:
         await process.astop()
-    down = Bridge({**env, "BRIDGE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+    down = BridgeProcess({**env, "BRIDGE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
                    "BRIDGE_CREATE_TOPICS": "false"}, tls_dir).start(tmp_path, ready=False)
     try:
         answers.append((KAFKA_DOWN, *await ask(client, down, contract, KAFKA_DOWN)))
@@ -118,7 +120,7 @@ async def test_management_answers_are_exactly_the_documented_ones(client, bridge
     one that cannot keep pushes (Kafka unreachable, no spool): every answer matches the document,
     and every documented (where, status) is reached."""
     contract = OpenApi.management()
-    down = Bridge(bridge_env(kafka, "test.openapi.management", BRIDGE_CREATE_TOPICS="false",
+    down = BridgeProcess(bridge_env(kafka, "test.openapi.management", BRIDGE_CREATE_TOPICS="false",
                              BRIDGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}"), tls_dir)
     down.start(tmp_path, ready=False)
     requests = [(method, path) for path in contract.doc["paths"] for method in ("GET", "HEAD", "POST", "DELETE")]

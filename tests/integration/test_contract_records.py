@@ -16,10 +16,11 @@ from datetime import datetime
 import aiohttp
 import orjson
 import pytest
-from conftest import Bridge, bridge_env, client_context, free_port, headers_of, push_headers, read_topics
+from conftest import bridge_env, client_context, headers_of, push_headers, read_topics
 from contract_docs import AsyncApi
 
 from bench.simulate import agent_story
+from tests.support import BridgeProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,7 @@ def written(kafka, tls_dir, tmp_path_factory):
               "dead": f"test.contract.dead.{suffix}"}
     env = bridge_env(kafka, topics["events"], BRIDGE_ROUTES=f"AgentMediaEvent_*={topics['media']}",
                      BRIDGE_DEAD_LETTER_TOPIC=topics["dead"], BRIDGE_MAX_BODY_BYTES="65536")
-    process = Bridge(env, tls_dir).start(tmp_path_factory.mktemp("logs"))
+    process = BridgeProcess(env, tls_dir).start(tmp_path_factory.mktemp("logs"))
     accepted = [body for n, agent in enumerate(AGENTS) for body in story_pushes(agent, 8, n)]
     retried = accepted[3]  # the gateway sends a push again when it did not get "0" for it
     accepted += [retried] + [orjson.dumps(push) for push in LIBERAL]
@@ -163,7 +164,7 @@ async def test_records_written_through_the_spool_match_the_contract_and_a_direct
     started later on the same spool directory publishes it."""
     body = story_pushes("74001", 1, 9)[0]
     spool, spooled_topic = tmp_path / "spool", f"test.contract.spooled.{uuid.uuid4().hex[:8]}"
-    offline = Bridge(bridge_env(kafka, spooled_topic, BRIDGE_SPOOL_DIR=str(spool), BRIDGE_PUBLISH_TIMEOUT_S="2",
+    offline = BridgeProcess(bridge_env(kafka, spooled_topic, BRIDGE_SPOOL_DIR=str(spool), BRIDGE_PUBLISH_TIMEOUT_S="2",
                                 BRIDGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}"), tls_dir)
     offline.start(tmp_path, ready=False)
     try:
@@ -174,7 +175,7 @@ async def test_records_written_through_the_spool_match_the_contract_and_a_direct
     assert await send(bridge.url, tls_dir, [(body, {})]) == [200]  # the same push, written directly
     direct = [r for r in await read_topics(kafka, [topic]) if r.key == b"74001"]
     restarted_at = time.time()
-    online = Bridge(bridge_env(kafka, spooled_topic, BRIDGE_SPOOL_DIR=str(spool)), tls_dir).start(tmp_path)
+    online = BridgeProcess(bridge_env(kafka, spooled_topic, BRIDGE_SPOOL_DIR=str(spool)), tls_dir).start(tmp_path)
     try:
         for _ in range(60):
             drained = await read_topics(kafka, [spooled_topic])

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from bench._cluster import free_port, load_kafkalocal
+from tests.support import free_port, load_kafkalocal
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,9 @@ import time
 
 import orjson
 import pytest
-from conftest import GUID, Bridge, bridge_env, free_port, headers_of, load_kafkalocal, push_headers, read_topics
+from conftest import GUID, bridge_env, headers_of, push_headers, read_topics
+
+from tests.support import BridgeProcess, free_port, load_kafkalocal
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +47,7 @@ async def test_logs_are_json_lines_and_secrets_never_leave(client, kafka, tls_di
     token, topic, dead = "S3cret-Token-4711", "test.secrets", "test.secrets.dead"
     env = bridge_env(kafka, topic, BRIDGE_SERVICE_TOKENS=token, BRIDGE_DEAD_LETTER_TOPIC=dead,
                      BRIDGE_LOG_LEVEL="debug")
-    process = Bridge(env, tls_dir).start(tmp_path)
+    process = BridgeProcess(env, tls_dir).start(tmp_path)
     try:
         assert (await client.post(process.url, PUSH, push_headers(service_token=token))).status == 200
         assert (await client.post(process.url, b"{broken", push_headers(service_token=token))).status == 200
@@ -74,7 +76,7 @@ async def test_malformed_pushes_are_kept_in_the_dead_letter_topic(client, kafka,
     topic, dead = f"test.dlq.{mode}.events", f"test.dlq.{mode}.dead"
     env = bridge_env(kafka, topic, BRIDGE_DEAD_LETTER_TOPIC=dead, BRIDGE_MAX_BODY_BYTES="4096",
                      BRIDGE_MALFORMED_PUSHES=mode)
-    process = Bridge(env, tls_dir).start(tmp_path)
+    process = BridgeProcess(env, tls_dir).start(tmp_path)
     try:
         broken = b'{"workNo": "1", "eventList": [{"eventType": 42}]}'
         replies = [await client.post(process.url, broken, push_headers()),
@@ -106,7 +108,7 @@ async def test_malformed_pushes_are_kept_in_the_dead_letter_topic(client, kafka,
 async def test_a_push_with_some_bad_events_publishes_the_good_ones_and_keeps_it_whole(client, kafka, tls_dir,
                                                                                     tmp_path):
     topic, dead = "test.partial.events", "test.partial.dead"
-    process = Bridge(bridge_env(kafka, topic, BRIDGE_DEAD_LETTER_TOPIC=dead), tls_dir).start(tmp_path)
+    process = BridgeProcess(bridge_env(kafka, topic, BRIDGE_DEAD_LETTER_TOPIC=dead), tls_dir).start(tmp_path)
     body = orjson.dumps({"workNo": "5150", "eventList": [
         {"eventType": "AgentState_Ready", "content": None}, "not an event", {"content": "no type"},
         {"eventType": "AgentState_Busy", "content": {"n": 1}}]})
@@ -127,7 +129,7 @@ async def test_a_push_with_some_bad_events_publishes_the_good_ones_and_keeps_it_
 
 async def test_the_header_limit_answers_at_once(client, kafka, tls_dir, tmp_path):
     """(The in-flight bound, which slow bodies no longer fill, is tested in test_slow_connections.)"""
-    process = Bridge(bridge_env(kafka, "test.limits", BRIDGE_MAX_HEADER_BYTES="4096"), tls_dir).start(tmp_path)
+    process = BridgeProcess(bridge_env(kafka, "test.limits", BRIDGE_MAX_HEADER_BYTES="4096"), tls_dir).start(tmp_path)
     try:
         assert (await client.post(process.url, PUSH, push_headers())).status == 200
         response = await client.post(process.url, PUSH, push_headers(**{"X-Padding": "p" * 5000}))
@@ -143,7 +145,7 @@ async def test_kafka_down_at_start_fails_fast_then_recovers_without_restart(clie
            "BRIDGE_KAFKA_SSL_CAFILE": str(tls_dir / "ca.pem"), "BRIDGE_KAFKA_SSL_CERTFILE": str(tls_dir / "server.pem"),
            "BRIDGE_KAFKA_SSL_KEYFILE": str(tls_dir / "server.key"), "BRIDGE_TOPIC": "test.late",
            "BRIDGE_SERVICE_TOKENS": "Tok3n-for_tests", "BRIDGE_CREATE_TOPICS": "true"}
-    process = Bridge(env, tls_dir).start(tmp_path, ready=False)
+    process = BridgeProcess(env, tls_dir).start(tmp_path, ready=False)
     try:
         started = time.monotonic()
         response = await client.post(process.url, PUSH, push_headers())
@@ -168,7 +170,7 @@ async def test_kafka_down_at_start_fails_fast_then_recovers_without_restart(clie
 
 async def test_sigterm_drains_in_flight_pushes_and_exits_zero(client, kafka, tls_dir, tmp_path):
     topic = "test.sigterm"
-    process = Bridge(bridge_env(kafka, topic, BRIDGE_SHUTDOWN_TIMEOUT_S="10"), tls_dir).start(tmp_path)
+    process = BridgeProcess(bridge_env(kafka, topic, BRIDGE_SHUTDOWN_TIMEOUT_S="10"), tls_dir).start(tmp_path)
     acknowledged: list[int] = []
 
     async def agent(n: int) -> None:

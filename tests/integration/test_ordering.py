@@ -8,7 +8,9 @@ from collections import defaultdict
 
 import orjson
 import pytest
-from conftest import Bridge, bridge_env, headers_of, push_headers, read_topics
+from conftest import bridge_env, headers_of, push_headers, read_topics
+
+from tests.support import BridgeProcess
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +20,7 @@ def bridge(request, kafka, tls_dir, tmp_path_factory):
     """A bridge per delivery mode: the same guarantees must hold in both."""
     topic = f"test.order.{request.param}.{uuid.uuid4().hex[:8]}"
     env = bridge_env(kafka, topic, BRIDGE_ATOMIC_PUSHES="true" if request.param == "atomic" else "false")
-    process = Bridge(env, tls_dir).start(tmp_path_factory.mktemp("logs"))
+    process = BridgeProcess(env, tls_dir).start(tmp_path_factory.mktemp("logs"))
     process.topic = topic
     yield process
     process.stop()

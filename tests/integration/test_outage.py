@@ -12,13 +12,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import TOKEN, Bridge, Kafka, bridge_env, free_port, headers_of, push_headers, read_topics
+from conftest import TOKEN, bridge_env, headers_of, push_headers, read_topics
 
 from bench.simulate import Ledger, SimSettings, Simulator
 from bench.verify import compare, seen
 from bridge.drainer import encode
 from bridge.records import Record
 from bridge.spool.format import frame
+from tests.support import BridgeProcess, Broker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -26,27 +27,17 @@ PUSH = orjson.dumps({"workNo": "80001", "eventList": [
     {"eventType": "AgentState_Ready", "workNo": "80001", "content": {"pad": "x" * 20_000}}]})
 
 
-@pytest.fixture(scope="module")
-def outage_kafka(tmp_path_factory, tls_dir) -> Kafka:
-    """A broker of this module's own: the tests stop and kill it."""
-    broker = Kafka(tmp_path_factory.mktemp("outage-kafka"), tls_dir)
-    try:
-        yield broker.start()
-    finally:
-        broker.kill()
-
-
-def simulator(bridge: Bridge, tls_dir: Path, ledger: Ledger, agents: int = 40) -> Simulator:
+def simulator(bridge: BridgeProcess, tls_dir: Path, ledger: Ledger, agents: int = 40) -> Simulator:
     return Simulator(SimSettings(url=bridge.url, agents=agents, cafile=str(tls_dir / "ca.pem"), token=TOKEN,
                                  duration_s=300, retry_interval_s=1.0, timeout_s=8.0, think_s=(0.1, 0.6),
                                  drain_s=20), ledger)
 
 
-async def management(client, bridge: Bridge, path: str):
+async def management(client, bridge: BridgeProcess, path: str):
     return await client.request("GET", bridge.management_url + path)
 
 
-async def wait_for_mode(client, bridge: Bridge, mode: str, timeout: float = 90.0) -> dict:
+async def wait_for_mode(client, bridge: BridgeProcess, mode: str, timeout: float = 90.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(Exception):
@@ -57,7 +48,7 @@ async def wait_for_mode(client, bridge: Bridge, mode: str, timeout: float = 90.0
         await asyncio.sleep(0.2)
 
 
-async def check_delivered(kafka: Kafka, topic: str, ledger: Ledger) -> list:
+async def check_delivered(kafka: Broker, topic: str, ledger: Ledger) -> list:
     records = await read_topics(kafka, [topic])
     figures = compare(ledger, [seen(r) for r in records])
     assert figures.ok, f"{figures.line()}\n{figures.details()}"
@@ -66,9 +57,9 @@ async def check_delivered(kafka: Kafka, topic: str, ledger: Ledger) -> list:
 
 
 @contextlib.asynccontextmanager
-async def gateway_on_spooling_bridge(kafka: Kafka, tls_dir: Path, tmp_path: Path, topic: str):
+async def gateway_on_spooling_bridge(kafka: Broker, tls_dir: Path, tmp_path: Path, topic: str):
     """A bridge with a spool of its own under gateway load: (bridge, gateway, load task, ledger)."""
-    bridge = Bridge(bridge_env(kafka, topic, BRIDGE_SPOOL_DIR=str(tmp_path / "spool")), tls_dir).start(tmp_path)
+    bridge = BridgeProcess(bridge_env(kafka, topic, BRIDGE_SPOOL_DIR=str(tmp_path / "spool")), tls_dir).start(tmp_path)
     ledger = Ledger()
     gateway = simulator(bridge, tls_dir, ledger)
     load = asyncio.create_task(gateway.run())
@@ -80,17 +71,17 @@ async def gateway_on_spooling_bridge(kafka: Kafka, tls_dir: Path, tmp_path: Path
         await bridge.astop()
 
 
-async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_order(client, outage_kafka, tls_dir,
+async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_order(client, disposable_kafka, tls_dir,
                                                                                   tmp_path):
     topic = "test.outage.stop"
-    async with gateway_on_spooling_bridge(outage_kafka, tls_dir, tmp_path, topic) as (bridge, gateway, load, ledger):
+    async with gateway_on_spooling_bridge(disposable_kafka, tls_dir, tmp_path, topic) as (bridge, gateway, load, ledger):
         await asyncio.sleep(3)
-        await asyncio.to_thread(outage_kafka.kill)
+        await asyncio.to_thread(disposable_kafka.kill)
         await wait_for_mode(client, bridge, "spooling")
         assert (await management(client, bridge, "/readyz")).status == 200, "a replica that can spool stays ready"
         await asyncio.sleep(6)
         spooled_during = gateway.pushes_acked
-        await asyncio.to_thread(outage_kafka.start)
+        await asyncio.to_thread(disposable_kafka.start)
         info = await wait_for_mode(client, bridge, "direct")
         await asyncio.sleep(2)
         gateway.stop()
@@ -98,7 +89,7 @@ async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_ord
         metrics = (await management(client, bridge, "/metrics")).text
     assert sum(summary.failures.values()) == 0, f"pushes failed during the outage: {summary.line()}"
     assert spooled_during > 0 and info["spool"]["entries"] == 0
-    records = await check_delivered(outage_kafka, topic, ledger)
+    records = await check_delivered(disposable_kafka, topic, ledger)
     spooled = [r for r in records if headers_of(r).get("bridge_spooled") == "true"]
     assert spooled, "no record went through the spool"
     line = next(x for x in metrics.splitlines() if x.startswith("bridge_spooled_pushes_total"))
@@ -107,27 +98,27 @@ async def test_kafka_stopped_under_load_every_push_answered_and_delivered_in_ord
     assert "outage mode ended" in bridge.log()
 
 
-async def test_bridge_killed_while_spooling_loses_nothing_acknowledged(client, outage_kafka, tls_dir, tmp_path):
+async def test_bridge_killed_while_spooling_loses_nothing_acknowledged(client, disposable_kafka, tls_dir, tmp_path):
     topic = "test.outage.kill"
-    outage_kafka.start()
-    async with gateway_on_spooling_bridge(outage_kafka, tls_dir, tmp_path, topic) as (bridge, gateway, load, ledger):
+    disposable_kafka.start()
+    async with gateway_on_spooling_bridge(disposable_kafka, tls_dir, tmp_path, topic) as (bridge, gateway, load, ledger):
         await asyncio.sleep(2)
-        await asyncio.to_thread(outage_kafka.kill)
+        await asyncio.to_thread(disposable_kafka.kill)
         await wait_for_mode(client, bridge, "spooling")
         await asyncio.sleep(3)
         await asyncio.to_thread(bridge.kill)
         await asyncio.to_thread(bridge.start)  # ready at once: its spool accepts, Kafka is still away
         assert "undelivered pushes" in bridge.log()
         await asyncio.sleep(3)
-        await asyncio.to_thread(outage_kafka.start)
+        await asyncio.to_thread(disposable_kafka.start)
         await wait_for_mode(client, bridge, "direct")
         gateway.stop()
         summary = await load
     assert summary.signed_out == 0
-    await check_delivered(outage_kafka, topic, ledger)
+    await check_delivered(disposable_kafka, topic, ledger)
 
 
-async def push_until_refused(client, bridge: Bridge, limit: int = 400) -> tuple[int, object]:
+async def push_until_refused(client, bridge: BridgeProcess, limit: int = 400) -> tuple[int, object]:
     for accepted in range(limit):
         reply = await client.post(bridge.url, PUSH, push_headers())
         if reply.status != 200:
@@ -139,7 +130,7 @@ async def test_a_full_spool_answers_503_never_0(client, kafka, tls_dir, tmp_path
     env = bridge_env(kafka, "test.outage.full", BRIDGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
                      BRIDGE_CREATE_TOPICS="false", BRIDGE_SPOOL_DIR=str(tmp_path / "spool"),
                      BRIDGE_SPOOL_MAX_BYTES=str(1 << 20))
-    bridge = Bridge(env, tls_dir).start(tmp_path)  # ready: Kafka is unreachable but the spool accepts
+    bridge = BridgeProcess(env, tls_dir).start(tmp_path)  # ready: Kafka is unreachable but the spool accepts
     try:
         accepted, refused = await push_until_refused(client, bridge)
         assert 30 <= accepted <= (1 << 20) // len(PUSH)
@@ -172,7 +163,7 @@ async def test_a_disk_that_fills_up_answers_503(client, kafka, tls_dir, tmp_path
     with tmpfs(tmp_path / "small", "size=512k") as disk:
         env = bridge_env(kafka, "test.outage.enospc", BRIDGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
                          BRIDGE_CREATE_TOPICS="false", BRIDGE_SPOOL_DIR=str(disk / "spool"))
-        bridge = Bridge(env, tls_dir).start(tmp_path)
+        bridge = BridgeProcess(env, tls_dir).start(tmp_path)
         try:
             accepted, refused = await push_until_refused(client, bridge)
             assert accepted > 5
@@ -188,7 +179,7 @@ async def test_an_unwritable_spool_directory_refuses_only_when_kafka_cannot_take
     with tmpfs(tmp_path / "ro", "ro,size=64k") as disk:
         down = bridge_env(kafka, "test.outage.ro", BRIDGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
                           BRIDGE_CREATE_TOPICS="false", BRIDGE_SPOOL_DIR=str(disk / "spool"))
-        bridge = Bridge(down, tls_dir).start(tmp_path, ready=False)
+        bridge = BridgeProcess(down, tls_dir).start(tmp_path, ready=False)
         try:
             reply = await client.post(bridge.url, PUSH, push_headers())
             assert reply.status == 503 and "Read-only file system" in orjson.loads(reply.body)["message"]
@@ -197,7 +188,7 @@ async def test_an_unwritable_spool_directory_refuses_only_when_kafka_cannot_take
         finally:
             await bridge.astop()
         up = bridge_env(kafka, "test.outage.ro", BRIDGE_SPOOL_DIR=str(disk / "spool"))
-        bridge = Bridge(up, tls_dir).start(tmp_path)  # Kafka usable: the bridge serves without its spool
+        bridge = BridgeProcess(up, tls_dir).start(tmp_path)  # Kafka usable: the bridge serves without its spool
         try:
             assert (await client.post(bridge.url, PUSH, push_headers())).status == 200
         finally:
@@ -210,7 +201,7 @@ async def test_a_push_kafka_refuses_for_good_is_set_aside_not_blocking_the_spool
     and the pushes behind it go on."""
     topic = "test.outage.refused"
     env = bridge_env(kafka, topic, BRIDGE_SPOOL_DIR=str(tmp_path / "spool"), BRIDGE_MAX_BODY_BYTES=str(3 << 20))
-    bridge = Bridge(env, tls_dir).start(tmp_path)
+    bridge = BridgeProcess(env, tls_dir).start(tmp_path)
     huge = orjson.dumps({"workNo": "80002", "eventList": [
         {"eventType": "AgentMediaEvent_Record", "content": {"blob": "x" * 1_500_000}}]})
     try:
@@ -242,7 +233,7 @@ async def test_a_spooled_entry_that_cannot_be_decoded_is_kept_in_corrupt_and_the
     now = int(time.time() * 1000)
     entries = [frame(encode([before]), now), frame(foreign, now), frame(encode([after]), now)]
     (slot / f"{1:020d}.seg").write_bytes(b"".join(entries))
-    bridge = Bridge(bridge_env(kafka, topic, BRIDGE_SPOOL_DIR=str(tmp_path / "spool")), tls_dir).start(tmp_path)
+    bridge = BridgeProcess(bridge_env(kafka, topic, BRIDGE_SPOOL_DIR=str(tmp_path / "spool")), tls_dir).start(tmp_path)
     try:
         await wait_for_mode(client, bridge, "direct", timeout=60)
         metrics = (await management(client, bridge, "/metrics")).text

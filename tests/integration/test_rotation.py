@@ -14,7 +14,7 @@ import time
 import aiohttp
 import orjson
 import pytest
-from conftest import ROOT, Bridge, bridge_env, push_headers
+from conftest import bridge_env, push_headers
 
 from bench.rotation import (
     EFFECT_LIMIT_S,
@@ -33,6 +33,7 @@ from bench.rotation import (
     until,
 )
 from bench.rotation import PUSH_PATH as PATH
+from tests.support import ROOT, BridgeProcess, make_tls
 
 pytestmark = pytest.mark.integration
 OLD, NEW = "rotation-old", "rotation-new"
@@ -42,7 +43,7 @@ FAILED_TOKENS = 'bridge_secret_reloads_total{result="failed",secret="tokens"}'
 @pytest.fixture(scope="module")
 def second_tls(tmp_path_factory):
     """Another certificate for localhost, from a CA of its own."""
-    from conftest import make_tls
+
     return make_tls(tmp_path_factory.mktemp("second-tls"))
 
 
@@ -63,7 +64,7 @@ def token_env(kafka, topic: str, volume: SecretVolume, **extra: str) -> dict[str
     return env
 
 
-async def readiness(session: aiohttp.ClientSession, bridge: Bridge) -> tuple[int, dict]:
+async def readiness(session: aiohttp.ClientSession, bridge: BridgeProcess) -> tuple[int, dict]:
     async with session.get(bridge.management_url + "/readyz") as reply:
         return reply.status, orjson.loads(await reply.read())
 
@@ -74,7 +75,7 @@ async def test_a_wrong_token_flood_is_counted_in_full_and_logged_at_a_bounded_ra
                                                                                   sessions):
     session, _ = sessions
     env = bridge_env(kafka, "test.flood", BRIDGE_MALFORMED_PUSHES="refuse", BRIDGE_DEAD_LETTER_TOPIC="test.flood.dead")
-    process = Bridge(env, tls_dir).start(tmp_path)
+    process = BridgeProcess(env, tls_dir).start(tmp_path)
     try:
         answers = await burst(session, process.url, 3000)
         # An authenticated gateway's refused push is an agent at risk: logged every time, flood or not.
@@ -103,7 +104,7 @@ async def test_a_wrong_token_flood_is_counted_in_full_and_logged_at_a_bounded_ra
 async def test_tokens_rotate_live_under_load_without_a_failed_push(kafka, tls_dir, tmp_path, sessions):
     session, fresh = sessions
     volume = SecretVolume(tmp_path / "tokens", {"service-tokens": f"{OLD}\n".encode()})
-    process = Bridge(token_env(kafka, "test.rotation.tokens", volume), tls_dir).start(tmp_path)
+    process = BridgeProcess(token_env(kafka, "test.rotation.tokens", volume), tls_dir).start(tmp_path)
     load = Load(process.url, [session, fresh], OLD, agents=6).start()
     try:
         await asyncio.sleep(1.5)
@@ -143,7 +144,7 @@ async def refused(session: aiohttp.ClientSession, url: str, token: str) -> bool:
 async def test_a_broken_token_file_keeps_the_last_good_set_and_says_so(kafka, tls_dir, tmp_path, sessions):
     session, _ = sessions
     volume = SecretVolume(tmp_path / "tokens", {"service-tokens": f"{OLD}\n".encode()})
-    process = Bridge(token_env(kafka, "test.rotation.broken", volume), tls_dir).start(tmp_path)
+    process = BridgeProcess(token_env(kafka, "test.rotation.broken", volume), tls_dir).start(tmp_path)
     problems = []
 
     async def judged(failures: int) -> None:
@@ -209,7 +210,7 @@ async def test_a_certificate_swapped_the_kubernetes_way_reaches_new_connections_
     certs = SecretVolume(tmp_path / "certs", tls_files(tls_dir))
     env = bridge_env(kafka, "test.rotation.tls", BRIDGE_TLS_CERTFILE=str(certs.path("tls.crt")),
                      BRIDGE_TLS_KEYFILE=str(certs.path("tls.key")))
-    process = Bridge(env, tls_dir).start(tmp_path)
+    process = BridgeProcess(env, tls_dir).start(tmp_path)
     context = client_context(tls_dir / "ca.pem", second_tls / "ca.pem")
     old, new = certificate_fingerprint(tls_dir / "server.pem"), certificate_fingerprint(second_tls / "server.pem")
     load = Load(process.url, [session, fresh], "Tok3n-for_tests", agents=6).start()
@@ -253,7 +254,7 @@ async def test_an_unusable_certificate_at_start_stops_the_bridge(kafka, tls_dir,
     mismatched = tmp_path / "mismatched.key"
     mismatched.write_bytes((second_tls / "server.key").read_bytes())
     env = bridge_env(kafka, "test.rotation.start", BRIDGE_TLS_KEYFILE=str(mismatched))
-    process = Bridge(env, tls_dir)
+    process = BridgeProcess(env, tls_dir)
     with pytest.raises(RuntimeError, match="exited with 1"):
         await asyncio.to_thread(process.start, tmp_path)
     lines = [json.loads(line) for line in process.log().splitlines() if line.startswith("{")]
@@ -268,7 +269,7 @@ async def test_kafka_tls_files_are_read_again_for_the_next_connection(kafka, tls
     replaced, the next client the bridge makes connects, without a restart."""
     volume = SecretVolume(tmp_path / "kafka", {"ca.crt": (second_tls / "ca.pem").read_bytes()})
     env = bridge_env(kafka, "test.rotation.kafka", BRIDGE_KAFKA_SSL_CAFILE=str(volume.path("ca.crt")))
-    process = Bridge(env, tls_dir).start(tmp_path, ready=False)
+    process = BridgeProcess(env, tls_dir).start(tmp_path, ready=False)
     try:
         await asyncio.sleep(2)
         assert (await client.request("GET", process.management_url + "/readyz")).status == 503

@@ -23,9 +23,9 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from conftest import Bridge, bridge_env, client_context, headers_of, make_tls, push_headers, read_topics
+from conftest import bridge_env, client_context, headers_of, push_headers, read_topics
 
-from bench._cluster import ROUTER_KEY_HEADER, Router, RouterRequest
+from tests.support import ROUTER_KEY_HEADER, BridgeProcess, Router, RouterRequest, make_tls
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")]
@@ -43,7 +43,7 @@ def replica_env(kafka, topic: str, name: str) -> dict[str, str]:
                       BRIDGE_LOG_LEVEL="warning")
 
 
-def start_all(processes: list[Bridge], logs: Path) -> list[Bridge]:
+def start_all(processes: list[BridgeProcess], logs: Path) -> list[BridgeProcess]:
     """Start bridge processes side by side, then wait until each is ready."""
     for process in processes:
         process.start(logs, wait=False)
@@ -58,8 +58,8 @@ def topic() -> str:
 
 
 @pytest.fixture(scope="module")
-def replicas(kafka, tls_dir, topic, tmp_path_factory) -> list[Bridge]:
-    processes = [Bridge(replica_env(kafka, topic, f"replica-{n}"), tls_dir) for n in range(1, REPLICAS + 1)]
+def replicas(kafka, tls_dir, topic, tmp_path_factory) -> list[BridgeProcess]:
+    processes = [BridgeProcess(replica_env(kafka, topic, f"replica-{n}"), tls_dir) for n in range(1, REPLICAS + 1)]
     try:
         yield start_all(processes, tmp_path_factory.mktemp("logs"))
     finally:
@@ -137,7 +137,7 @@ def get(url: str) -> str:
         return response.read().decode()
 
 
-def metric(process: Bridge, name: str) -> float:
+def metric(process: BridgeProcess, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", get(process.management_url + "/metrics"), re.M)
     return float(match.group(1)) if match else 0.0
 
@@ -156,7 +156,7 @@ async def logged(router: Router, wanted, count: int, timeout: float = 10.0) -> l
 MISSES = ('bridge_affinity_misses_total{reason="no_key"}', 'bridge_affinity_misses_total{reason="other_agent"}')
 
 
-def misses(processes: list[Bridge]) -> dict[str, float]:
+def misses(processes: list[BridgeProcess]) -> dict[str, float]:
     return {f"{p.env['BRIDGE_REPLICA_NAME']} {m}": metric(p, m) for p in processes for m in MISSES}
 
 
@@ -284,8 +284,8 @@ async def test_router_uses_no_replica_whose_certificate_it_cannot_verify(replica
     away from the replica the hash gives them."""
     foreign = make_tls(tmp_path / "foreign-ca")
     misnamed = certificate_for(tls_dir, "elsewhere.invalid", tmp_path / "misnamed")
-    rogues = [Bridge(replica_env(kafka, topic, "foreign-ca"), foreign),
-              Bridge(replica_env(kafka, topic, "misnamed"), misnamed)]
+    rogues = [BridgeProcess(replica_env(kafka, topic, "foreign-ca"), foreign),
+              BridgeProcess(replica_env(kafka, topic, "misnamed"), misnamed)]
     try:
         start_all(rogues, tmp_path)
         for n, rogue in enumerate(rogues):

@@ -10,10 +10,11 @@ import uuid
 
 import orjson
 import pytest
-from conftest import TOKEN, Bridge, push_headers
+from conftest import TOKEN, push_headers
 
 from bench import verify
 from bench.verify import read_committed
+from tests.support import BridgeProcess, SecretVolume
 
 pytestmark = pytest.mark.integration
 PASSWORD = "bridge-secret"  # the local broker's SASL user (deploy/kafka-local/kafkalocal.py USERS)
@@ -44,7 +45,7 @@ async def test_the_bridge_publishes_over_sasl(kafka, tls_dir, tmp_path, client, 
     password_file = tmp_path / "password"
     password_file.write_text(PASSWORD + "\n")  # as a Kubernetes Secret volume would hold it
     extra = {"BRIDGE_KAFKA_SASL_PASSWORD": "", "BRIDGE_KAFKA_SASL_PASSWORD_FILE": str(password_file)} if from_file else {}
-    process = Bridge(sasl_env(kafka, protocol, mechanism, topic, **extra), tls_dir).start(tmp_path)
+    process = BridgeProcess(sasl_env(kafka, protocol, mechanism, topic, **extra), tls_dir).start(tmp_path)
     try:
         body = orjson.dumps({"workNo": "4711", "eventList": [{"eventType": "AgentState_Ready", "content": mechanism}]})
         response = await client.post(process.url, body, push_headers())
@@ -59,7 +60,7 @@ async def test_the_bridge_publishes_over_sasl(kafka, tls_dir, tmp_path, client, 
 async def test_a_wrong_password_is_a_clear_error_and_no_crash_loop(kafka, tls_dir, tmp_path, client):
     wrong = "not-the-" + uuid.uuid4().hex[:6]
     env = sasl_env(kafka, "SASL_SSL", "SCRAM-SHA-256", "test.sasl.refused", BRIDGE_KAFKA_SASL_PASSWORD=wrong)
-    process = Bridge(env, tls_dir).start(tmp_path, ready=False)
+    process = BridgeProcess(env, tls_dir).start(tmp_path, ready=False)
     try:
         deadline = time.monotonic() + 60
         while not [line for line in log_lines(process) if "SaslAuthenticationFailed" in line["message"]]:
@@ -80,7 +81,7 @@ async def test_a_wrong_password_is_a_clear_error_and_no_crash_loop(kafka, tls_di
         await process.astop()
 
 
-def log_lines(process: Bridge) -> list[dict]:
+def log_lines(process: BridgeProcess) -> list[dict]:
     lines = []
     for text in process.log().splitlines():
         try:
@@ -93,12 +94,11 @@ def log_lines(process: Bridge) -> list[dict]:
 async def test_the_password_file_is_read_again_for_the_next_connection(kafka, tls_dir, tmp_path, client):
     """A wrong password in the file: the bridge keeps trying and stays not ready; once the file holds
     the right one, the next connection logs in, without a restart."""
-    from bench.rotation import SecretVolume
 
     volume = SecretVolume(tmp_path / "kafka-sasl", {"password": b"not-the-password\n"})
     env = sasl_env(kafka, "SASL_SSL", "SCRAM-SHA-512", f"test.sasl.{uuid.uuid4().hex[:8]}",
                    BRIDGE_KAFKA_SASL_PASSWORD="", BRIDGE_KAFKA_SASL_PASSWORD_FILE=str(volume.path("password")))
-    process = Bridge(env, tls_dir).start(tmp_path, ready=False)
+    process = BridgeProcess(env, tls_dir).start(tmp_path, ready=False)
     try:
         deadline = time.monotonic() + 30
         while not [line for line in log_lines(process) if "SaslAuthenticationFailed" in line["message"]]:

@@ -10,7 +10,9 @@ import urllib.request
 
 import orjson
 import pytest
-from conftest import GUID, TOKEN, Bridge, bridge_env
+from conftest import GUID, TOKEN, bridge_env
+
+from tests.support import BridgeProcess
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +80,7 @@ def parse_answer(data: bytes) -> tuple[int, dict[str, str], dict[str, str]]:
     return int(lines[0].split(" ")[1]), headers, orjson.loads(body)
 
 
-def cuts(bridge: Bridge, port: str = "push") -> dict[str, float]:
+def cuts(bridge: BridgeProcess, port: str = "push") -> dict[str, float]:
     with urllib.request.urlopen(bridge.management_url + "/metrics", timeout=5) as response:
         text = response.read().decode()
     found = {}
@@ -91,11 +93,11 @@ def cuts(bridge: Bridge, port: str = "push") -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def quick(kafka, tls_dir, tmp_path_factory) -> Bridge:
+def quick(kafka, tls_dir, tmp_path_factory) -> BridgeProcess:
     """A bridge whose deadlines are all 1 s."""
     env = bridge_env(kafka, "test.slow.quick", BRIDGE_HEAD_TIMEOUT_S="1", BRIDGE_BODY_TIMEOUT_S="1",
                      BRIDGE_TLS_HANDSHAKE_TIMEOUT_S="1", BRIDGE_KEEPALIVE_TIMEOUT_S="1")
-    process = Bridge(env, tls_dir).start(tmp_path_factory.mktemp("quick"))
+    process = BridgeProcess(env, tls_dir).start(tmp_path_factory.mktemp("quick"))
     yield process
     process.stop()
 
@@ -206,11 +208,11 @@ async def test_the_management_port_has_the_same_head_deadline(quick):
 
 
 @pytest.fixture(scope="module")
-def bounded(kafka, tls_dir, tmp_path_factory) -> Bridge:
+def bounded(kafka, tls_dir, tmp_path_factory) -> BridgeProcess:
     """A bridge holding at most 16 connections and 2 pushes in flight, with long deadlines."""
     env = bridge_env(kafka, "test.slow.bounded", BRIDGE_MAX_CONNECTIONS="16", BRIDGE_MAX_INFLIGHT_PUSHES="2",
                      BRIDGE_HEAD_TIMEOUT_S="60", BRIDGE_BODY_TIMEOUT_S="60", BRIDGE_KEEPALIVE_TIMEOUT_S="60")
-    process = Bridge(env, tls_dir).start(tmp_path_factory.mktemp("bounded"))
+    process = BridgeProcess(env, tls_dir).start(tmp_path_factory.mktemp("bounded"))
     yield process
     process.stop()
 

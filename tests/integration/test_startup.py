@@ -7,7 +7,9 @@ import sys
 
 import orjson
 import pytest
-from conftest import ROOT, Bridge, bridge_env, push_headers
+from conftest import bridge_env, push_headers
+
+from tests.support import ROOT, BridgeProcess
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +36,7 @@ def test_invalid_setting_stops_the_process_naming_the_variable(kafka, tls_dir, e
 
 async def test_tokenless_mode_is_loud_and_accepts_pushes(kafka, tls_dir, tmp_path, client):
     env = bridge_env(kafka, "test.tokenless", BRIDGE_SERVICE_TOKENS="", BRIDGE_ALLOW_NO_TOKEN="true")
-    process = Bridge(env, tls_dir).start(tmp_path)
+    process = BridgeProcess(env, tls_dir).start(tmp_path)
     try:
         body = orjson.dumps({"workNo": "1", "eventList": [{"eventType": "AgentState_Ready", "content": None}]})
         response = await client.post(process.url, body, headers=push_headers(service_token=None))
@@ -45,7 +47,7 @@ async def test_tokenless_mode_is_loud_and_accepts_pushes(kafka, tls_dir, tmp_pat
 
 
 async def test_plain_http_only_when_asked(kafka, tmp_path, client):
-    process = Bridge(bridge_env(kafka, "test.plain", BRIDGE_INSECURE_HTTP="true"), tls=None).start(tmp_path)
+    process = BridgeProcess(bridge_env(kafka, "test.plain", BRIDGE_INSECURE_HTTP="true"), tls=None).start(tmp_path)
     try:
         body = orjson.dumps({"workNo": "1", "eventList": [{"eventType": "AgentState_Ready"}]})
         response = await client.post(process.url, body, headers=push_headers())

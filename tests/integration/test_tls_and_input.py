@@ -9,6 +9,8 @@ import orjson
 import pytest
 from conftest import headers_of, push_headers, read_topics
 
+from tests.support import BridgeProcess
+
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")]
 
@@ -88,10 +90,10 @@ async def test_liberal_input_is_accepted_and_preserved(client, bridge, kafka, to
 
 
 async def test_routing_rules_send_event_families_to_their_topics(kafka, tls_dir, tmp_path, client):
-    from conftest import Bridge, bridge_env
+    from conftest import bridge_env
     env = bridge_env(kafka, "test.routed.default",
                      BRIDGE_ROUTES="AgentChat_*=test.routed.chat, AgentMediaEvent_*=test.routed.media")
-    process = Bridge(env, tls_dir).start(tmp_path)
+    process = BridgeProcess(env, tls_dir).start(tmp_path)
     try:
         body = {"workNo": "40001", "eventList": [
             {"eventType": "AgentChat_Ring", "content": None},

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from bench._cluster import free_port, load_kafkacluster, load_kafkalocal
+from tests.support import free_port, load_kafkacluster, load_kafkalocal
 
 kafkalocal = load_kafkalocal()
 DASH_FIRST = bytes([0xF8]) + bytes(15)  # URL-safe base64 of this starts with '-'

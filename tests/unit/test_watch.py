@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.rotation import SecretVolume
 from bridge import config
 from bridge.auth import Authenticator
 from bridge.config import read_token_file
@@ -16,6 +15,7 @@ from bridge.kafka.clients import client_options
 from bridge.kafka.credentials import Credentials
 from bridge.metrics import Metrics
 from bridge.watch import SecretError, Watched, Watcher, watch_bridge_files
+from tests.support import SecretVolume
 
 
 class Holder:
