@@ -3,7 +3,7 @@
     python -m bench.replicas [--replicas 1,2,3] [--quick] [--conns N] [--json FILE] [--keep]
 
 Also the last table of `make bench`. The router is deploy/compose/router.cfg as shipped, run by the
-Router harness of bench/_cluster.py (addresses and certificate paths made local). Generator and bodies
+Router harness of tests/support/router.py (addresses and certificate paths made local). Generator and bodies
 are the benchmark's: 5-event pushes of 1,000 distinct agents in turn. Per replica count: saturation
 through the router (pushes/s, CPU per push of the replicas and of the router), then one rate for
 every count (half the first count's saturation, open loop) whose p50 and p99 are compared with that

