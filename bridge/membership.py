@@ -68,6 +68,7 @@ class Membership:
         self._router_checked: float | None = None  # when a router's health check last came
         self._task: asyncio.Task[None] | None = None
         self._turn = asyncio.Lock()
+        self._asked = asyncio.Event()  # a health check came: decide now rather than at the next tick
 
     @property
     def verdict(self) -> Verdict:
@@ -82,6 +83,7 @@ class Membership:
         """A health check came (`by_router`: it names a router); the verdict to answer with."""
         if by_router:
             self._router_checked = self._clock()
+        self._asked.set()
         return self._verdict
 
     async def start(self) -> None:
@@ -127,7 +129,9 @@ class Membership:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(TICK_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._asked.wait(), TICK_S)
+            self._asked.clear()
             try:
                 await self._decide()
             except Exception:  # never let the decision stop: log, and decide again at the next tick

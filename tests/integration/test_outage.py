@@ -37,6 +37,16 @@ async def management(client, bridge: BridgeProcess, path: str):
     return await client.request("GET", bridge.management_url + path)
 
 
+async def readiness_within(client, bridge: BridgeProcess, status: int, timeout: float):
+    """/readyz once it answers `status`, or its last answer after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = await management(client, bridge, "/readyz")
+        if answer.status == status or time.monotonic() > deadline:
+            return answer
+        await asyncio.sleep(0.05)
+
+
 async def wait_for_mode(client, bridge: BridgeProcess, mode: str, timeout: float = 90.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -136,7 +146,7 @@ async def test_a_full_spool_answers_503_never_0(client, kafka, tls_dir, tmp_path
         assert 30 <= accepted <= (1 << 20) // len(PUSH)
         assert refused.status == 503 and "full" in orjson.loads(refused.body)["message"]
         assert (await client.post(bridge.url, PUSH, push_headers())).status == 503
-        ready = await management(client, bridge, "/readyz")
+        ready = await readiness_within(client, bridge, 503, 2.0)  # decided 4 times a second, after leaving
         assert ready.status == 503 and "full" in orjson.loads(ready.body)["spool"]["problem"]
         spooled = sum(p.stat().st_size for p in (tmp_path / "spool").rglob("*.seg"))
         assert spooled <= 1 << 20
