@@ -179,7 +179,9 @@ async def test_sigterm_with_a_spool_delivers_it_before_exiting(client, disposabl
     topic = "test.replicas.term"
     spool = tmp_path / "spool"
     prefill(spool / "slot-0", topic, 60_000, agents=600)
-    bridge = replica(disposable_kafka, topic, spool, tls_dir, BRIDGE_EXIT_DRAIN_TIMEOUT_S="40").start(tmp_path)
+    # No leave grace: the exit drain, not the drainer during the grace, is what is tested here.
+    bridge = replica(disposable_kafka, topic, spool, tls_dir, BRIDGE_EXIT_DRAIN_TIMEOUT_S="40",
+                     BRIDGE_LEAVE_GRACE_S="0").start(tmp_path)
     assert (await mode(bridge))["spool"]["entries"] > 0, "delivered before SIGTERM: make the spool larger"
     assert await bridge.astop() == 0
     assert "every spooled push is delivered" in bridge.log()
