@@ -200,11 +200,8 @@ async def test_a_failed_fsync_refuses_until_a_probe_write_succeeds_and_cuts_the_
     await spool.close()
 
 
-async def test_a_stalled_disk_refuses_within_the_deadline_and_the_write_still_lands(tmp_path, monkeypatch):
-    monkeypatch.setattr(spool_writer, "PROBE_EVERY_S", 0.01)
-    failures: list[str] = []
-    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB, append_deadline_s=0.2, on_disk_failure=failures.append))
-    await spool.append(b"first")
+def stall_fsyncs(monkeypatch) -> threading.Event:
+    """Every fdatasync of the spool waits (a hung disk) until the returned event is set."""
     released = threading.Event()
     real = os.fdatasync
 
@@ -213,6 +210,15 @@ async def test_a_stalled_disk_refuses_within_the_deadline_and_the_write_still_la
         real(fd)
 
     monkeypatch.setattr(spool_files.os, "fdatasync", stalled)
+    return released
+
+
+async def test_a_stalled_disk_refuses_within_the_deadline_and_the_write_still_lands(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_writer, "PROBE_EVERY_S", 0.01)
+    failures: list[str] = []
+    spool = await serving(OwnSlot.open(tmp_path, 64 * MiB, append_deadline_s=0.2, on_disk_failure=failures.append))
+    await spool.append(b"first")
+    released = stall_fsyncs(monkeypatch)
     started = asyncio.get_running_loop().time()
     with pytest.raises(SpoolError, match=r"did not finish the write within 0\.2 s"):
         await spool.append(b"stalled")
@@ -221,7 +227,6 @@ async def test_a_stalled_disk_refuses_within_the_deadline_and_the_write_still_la
     waiting = asyncio.ensure_future(spool.append(b"refused"))
     with pytest.raises(SpoolError, match="has not finished a write"):
         await waiting
-    monkeypatch.setattr(spool_files.os, "fdatasync", real)
     released.set()
     await wait_until(lambda: spool.accepting)
     assert spool.entries == 2, "the stalled write landed once the disk answered (the gateway's retry is a duplicate)"
@@ -233,21 +238,13 @@ async def test_a_stalled_disk_refuses_within_the_deadline_and_the_write_still_la
 async def test_an_append_that_waited_past_its_deadline_before_being_written_is_never_written(tmp_path, monkeypatch):
     monkeypatch.setattr(spool_writer, "PROBE_EVERY_S", 0.01)
     spool = await serving(OwnSlot.open(tmp_path, 64 * MiB, append_deadline_s=0.2))
-    released = threading.Event()
-    real = os.fdatasync
-
-    def stalled(fd):
-        released.wait(10)
-        real(fd)
-
-    monkeypatch.setattr(spool_files.os, "fdatasync", stalled)
+    released = stall_fsyncs(monkeypatch)
     first = asyncio.ensure_future(spool.append(b"being written"))
     await asyncio.sleep(0.05)
     queued = asyncio.ensure_future(spool.append(b"queued behind it"))
     for waiting in (first, queued):
         with pytest.raises(SpoolError):
             await waiting
-    monkeypatch.setattr(spool_files.os, "fdatasync", real)
     released.set()
     await wait_until(lambda: spool.accepting)
     assert await drain(spool) == [b"being written"]
