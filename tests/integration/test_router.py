@@ -213,7 +213,7 @@ async def test_agent_named_in_the_url_decides(router, replicas, pooled, kafka, t
 
 
 async def test_workno_beyond_the_routers_buffer_is_accepted_and_counted(router, replicas, pooled, kafka, topic):
-    """A body whose workNo comes after more than the router's buffer (32 KiB) reaches some replica
+    """A body whose workNo comes after more than the router's buffer (16 KiB) reaches some replica
     all the same, which answers "0" and counts the push as routed without a key (the client's own
     copy of the routing header is dropped). The same body with workNo first is routed by it."""
     work_no = "520001"
@@ -259,10 +259,11 @@ def test_router_speaks_tls_1_2_and_1_3_only_with_forward_secret_suites(router, t
     assert get(router.management_url + "/readyz") == "ready"
 
 
-def certificate_for(tls_dir: Path, name: str, out: Path) -> Path:
-    """A certificate for `name` signed by the test CA (tls_dir/ca.key), in make_tls's file names."""
+def certificate_for(tls_dir: Path, name: str, out: Path, also: str = "") -> Path:
+    """A certificate for `name` (and the subjectAltName entries `also`, such as ",IP:127.0.0.1")
+    signed by the test CA (tls_dir/ca.key), in make_tls's file names."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ext").write_text(f"subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"
+    (out / "ext").write_text(f"subjectAltName=DNS:{name}{also}\nbasicConstraints=CA:FALSE\n"
                              "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
     subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-subj", f"/CN={name}", "-keyout", out / "server.key", "-out", out / "server.csr"],
