@@ -22,9 +22,9 @@ import orjson
 import pytest
 import test_router
 from conftest import client_context, read_topics
-from test_router import agent_loop, agents, certificate_for, logged
+from test_router import agent_loop, agents, logged
 
-from bench._cluster import Router
+from bench._cluster import Router, certificate_for
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")]
