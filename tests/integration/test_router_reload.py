@@ -128,3 +128,17 @@ def test_the_watcher_leaves_an_unchanged_certificate_alone(router, tmp_path):
     router.install_tls(router.tls)
     time.sleep(12)  # two looks of the watcher, 5 s apart, and some
     assert reloads(router) == started
+
+
+async def test_a_certificate_that_does_not_load_leaves_the_old_one_serving(router, tls_dir, tmp_path):
+    """A renewed certificate written before its key (a key that does not match for a while): the
+    reload fails, the old worker keeps serving the old certificate, and once the key is there too
+    the watcher reloads again and the new pair is served."""
+    old = served_certificate(router.port)
+    renewed = certificate_for(tls_dir, "localhost", tmp_path / "renewed", also=",IP:127.0.0.1")
+    (router.tls_dir / "router.pem").write_bytes((renewed / "server.pem").read_bytes())
+    await until(lambda: "Loading failure" in router.log(), 30, "the reload refused")
+    assert served_certificate(router.port) == old
+    (router.tls_dir / "router.pem.key").write_bytes((renewed / "server.key").read_bytes())
+    new = ssl.PEM_cert_to_DER_cert((renewed / "server.pem").read_text())
+    await until(lambda: served_certificate(router.port) == new, 30, "the renewed pair served")
