@@ -188,8 +188,9 @@ class OpenApi:
             node = self.registry.resolver(self.path.as_uri()).lookup(node["$ref"]).contents
         return node
 
-    def operations(self) -> dict[str, dict]:
-        """`METHOD path`, "other methods <path>" and "other paths" -> the responses documented there."""
+    def operations(self, router: bool = False) -> dict[str, dict]:
+        """`METHOD path`, "other methods <path>" and "other paths" -> the responses documented there;
+        with `router`, also "router": the answers the router in front of the replicas gives itself."""
         out = {}
         for path, item in self.doc["paths"].items():
             for method, operation in item.items():
@@ -201,6 +202,8 @@ class OpenApi:
             out["trailing slash"] = self.doc["x-trailing-slash"]["responses"]
         if "x-other-paths" in self.doc:
             out["other paths"] = self.doc["x-other-paths"]["responses"]
+        if router and "x-router" in self.doc:
+            out["router"] = self.doc["x-router"]["responses"]
         return out
 
     def where(self, method: str, path: str) -> str:
@@ -212,9 +215,10 @@ class OpenApi:
             return f"{method.upper()} {path}"
         return f"other methods {path}"
 
-    def answers(self) -> list[Answer]:
+    def answers(self, router: bool = False) -> list[Answer]:
+        """Every documented example answer (a replica's; with `router`, the router's own too)."""
         found = []
-        for where, responses in self.operations().items():
+        for where, responses in self.operations(router).items():
             for status, response in responses.items():
                 response = self.resolve(response)
                 for media in response.get("content", {}).values():
@@ -229,7 +233,7 @@ class OpenApi:
         return {(a.status, a.retcode) for a in self.answers() if mode in a.modes}
 
     def response(self, where: str, status: int) -> dict | None:
-        return self.resolve(self.operations().get(where, {}).get(str(status)))
+        return self.resolve(self.operations(router=True).get(where, {}).get(str(status)))
 
     def absolute(self, node: Any) -> Any:
         """`node` with every relative $ref made absolute (so it can be validated on its own)."""

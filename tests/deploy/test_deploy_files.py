@@ -452,11 +452,22 @@ def test_compose_router_is_the_only_published_push_port(compose, compose_bridge)
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
     assert set(published) == {"router", "kafka"}, f"published ports: {published}"
     assert [p["target"] for p in published["router"]] == [compose_bridge.port]
-    project = Path(compose["x-project-directory"])
-    mounts = {v["target"]: v for v in services["router"]["volumes"]}
-    config_mount = mounts[ROUTER_CONFIG_PATH]
-    assert config_mount["read_only"] and Path(config_mount["source"]).relative_to(project) == \
-        COMPOSE_ROUTER.relative_to(ROOT)
+
+
+
+def test_compose_router_reads_its_configuration_from_a_mounted_directory_and_reloads(compose):
+    """router.cfg through a read-only mount of its directory (a mount of the file itself would keep
+    showing the old file once an editor replaced it, and a reload would read that), in
+    master-worker mode so that SIGUSR2 reloads it; descriptors for two per connection."""
+    router = compose["services"]["router"]
+    command = router["command"]
+    assert command[0] == "haproxy" and "-W" in command and "-db" in command, command
+    path = PurePosixPath(command[command.index("-f") + 1])
+    mount = next(v for v in router["volumes"] if under(str(path), v["target"]))
+    source = Path(mount["source"]).relative_to(compose["x-project-directory"])
+    assert mount["type"] == "bind" and mount["read_only"] and (ROOT / source).is_dir()
+    assert source / path.relative_to(mount["target"]) == COMPOSE_ROUTER.relative_to(ROOT)
+    assert "master-worker" in RouterConfig(COMPOSE_ROUTER.read_text()).section("global")
 
 
 def test_compose_router_gets_its_certificate_key_and_ca(compose):
@@ -500,7 +511,6 @@ def test_compose_router_knows_the_replicas_by_their_container_names(compose, com
 COMPOSE_ROUTER = ROOT / "deploy" / "compose" / "router.cfg"
 KUBERNETES_ROUTER = KUBERNETES / "base" / "router" / "haproxy.cfg"
 ROUTERS = {"compose": COMPOSE_ROUTER, "kubernetes": KUBERNETES_ROUTER}
-ROUTER_CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"  # where the compose image reads it
 ROUTE_KEY_HEADER = "x-cc-route-key"
 ROUTER = "cc-gateway-router"  # the router's Deployment, Service, PodDisruptionBudget, NetworkPolicy
 
@@ -660,7 +670,63 @@ def test_router_bounds_slow_idle_and_numerous_clients(router_config):
     push = int(router_config.directives("frontend push", "maxconn")[0])
     management = int(router_config.directives("frontend management", "maxconn")[0])
     assert push + management <= total
-    assert int(router_config.global_value("tune.bufsize")) >= 2 * 16384 >= DEFAULTS["max_header_bytes"]
+    # HAProxy's own buffer size at least: a gateway's head (a few hundred bytes) and a push of the
+    # vendor's shapes with workNo first fit many times over.
+    assert int(router_config.global_value("tune.bufsize")) >= 16384
+    # One worker thread per core of the container's CPU limit (compose cpus 1.0, the pod's 1 CPU).
+    assert router_config.global_value("nbthread") == "1"
+
+
+def http_errors(router_config: RouterConfig) -> tuple[dict[int, dict], dict[int, str]]:
+    """The defaults' `http-error status N content-type T string S [hdr H V]...` lines, as status ->
+    {"content-type", "body", "headers"}, and its `errorfile N F` lines as status -> F."""
+    replies, files = {}, {}
+    for line in router_config.directives("defaults", "http-error"):
+        words = shlex.split(line)
+        assert words[0] == "status" and words[2] == "content-type" and words[4] == "string", line
+        headers = {words[i + 1].lower(): words[i + 2] for i in range(6, len(words), 3) if words[i] == "hdr"}
+        replies[int(words[1])] = {"content-type": words[3], "body": json.loads(words[5]), "headers": headers}
+    for line in router_config.directives("defaults", "errorfile"):
+        status, file = line.split()
+        files[int(status)] = file
+    return replies, files
+
+
+def test_router_answers_only_in_the_contract(router_config):
+    """Every answer the router gives itself is one of openapi.yaml's x-router answers: the bridge's
+    JSON shape and Content-Type, the documented message and retcode, Retry-After where documented.
+    The 400, 408, 413 and 422 of HAProxy's HTTP parser come before any rule and in a fixed HTML page:
+    they close the connection without an answer (an empty errorfile) instead."""
+    need(yaml, "PyYAML")
+    router = yaml.safe_load((ROOT / "docs" / "contracts" / "openapi.yaml").read_text())["x-router"]["responses"]
+    replies, files = http_errors(router_config)
+    assert sorted(replies) == sorted(int(status) for status in router)
+    for status, reply in replies.items():
+        documented = router[str(status)]
+        assert reply["content-type"] == "application/json; charset=UTF-8", status
+        (example,) = documented["content"]["application/json"]["examples"].values()
+        assert reply["body"] == example["value"], status
+        assert set(reply["headers"]) == {name.lower() for name in documented.get("headers", {})}, status
+        for name, value in reply["headers"].items():
+            assert value == documented["headers"][name.title()]["schema"]["const"], (status, name)
+    assert files == dict.fromkeys((400, 408, 413, 422), "/dev/null")
+    assert "option http-ignore-probes" in router_config.section("defaults"), \
+        "a connection that never sends a request is closed without a 408"
+    assert router_config.bind_option("proto") == "h1", "no HTTP/2 from a client's preface: the bridge speaks HTTP/1.1"
+
+
+def test_router_logs_what_goes_wrong_not_every_push(router_config):
+    """Quick successes leave no log line (the one rule that silences a line is a replica's 200 in
+    under a second); everything else keeps the log-format's line, which names no header."""
+    rules = router_config.directives("frontend push", "http-response")
+    silent = [rule for rule in rules if rule.startswith("set-log-level silent")]
+    assert silent == ["set-log-level silent if { status 200 } { date(0,ms),sub(txn.began) lt 1000 }"], rules
+    assert "set-var(txn.began) date(0,ms)" in router_config.directives("frontend push", "http-request")
+    everything = [line for lines in router_config.sections.values() for line in lines]
+    assert not any("set-log-level" in line for line in everything if line not in
+                   (f"http-response {silent[0]}", "http-request set-log-level silent")), "no other line is silenced"
+    (log_format,) = router_config.directives("defaults", "log-format")
+    assert "%hr" not in log_format and "%hrl" not in log_format and "hdr(" not in log_format
 
 
 # ------------------------------------------------------------------------------------- Kubernetes

