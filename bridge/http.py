@@ -191,7 +191,10 @@ class BoundedProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def send_400_response(self, msg: str) -> None:
-        super().send_400_response(msg)
+        """The parser refused the bytes (uvicorn would answer in plain text): the contract's JSON,
+        then close. `msg` is uvicorn's own wording, never what the client sent."""
+        self.transport.write(json_answer("400 Bad Request", f"the request is not valid HTTP/1.1 ({msg})", BAD_MESSAGE))
+        self.transport.close()
         self._enter(CLOSING)
 
     def shutdown(self) -> None:

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
@@ -112,3 +113,16 @@ async def test_a_body_past_its_deadline_is_answered_408_and_the_application_read
     await settle(lambda: cycle.disconnected and not protocol.tasks)  # the application returned
     assert wire.written.startswith(b"HTTP/1.1 408 ") and wire.closing
     assert b"200 OK" not in wire.written
+
+
+@pytest.mark.parametrize("garbage", [b"GET / HTTP/1.1\r\nhost bridge\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01\x00",
+                                     b"POST /push HTTP/1.1\r\ncontent-length: x\r\n\r\n"])
+async def test_bytes_the_parser_refuses_get_the_contracts_json_and_a_closed_connection(garbage: bytes) -> None:
+    protocol, wire, _ = connect(answer_after_reading)
+    protocol.data_received(garbage)
+    await settle(lambda: wire.closing)
+    head, _, body = wire.written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json; charset=UTF-8" in head
+    assert orjson.loads(body) == {"message": "the request is not valid HTTP/1.1 (Invalid HTTP request received.)",
+                                  "retcode": "000-006"}
+    assert protocol.phase == CLOSING
