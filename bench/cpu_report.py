@@ -17,6 +17,13 @@ def cells(r: dict | None) -> str:
             f"{cores(r.get('server_cpu')):>6}{cores(r.get('broker_cpu')):>6}{cores(r.get('other_cpu')):>6}")
 
 
+def bridge_moderate_us(moderate: dict) -> float | None:
+    """The bridge's CPU per push at the moderate rate: the mean of its runs before and after the Go
+    reference's (the second is missing when the Go reference is)."""
+    runs = [v for v in (cpu_us(moderate.get("bridge")), cpu_us(moderate.get("bridge_again"))) if v is not None]
+    return sum(runs) / len(runs) if runs else None
+
+
 def cpu_per_push(results: dict, plan: Plan) -> list[str]:
     first = str(plan.mixes[0])
     saturation, moderate = results["mixes"][first], results.get("moderate") or {}
@@ -28,10 +35,14 @@ def cpu_per_push(results: dict, plan: Plan) -> list[str]:
              f"{'system':<28}{columns}  {columns}"]
     for name, key in SYSTEMS:
         lines.append(f"{name:<28}{cells(saturation.get(key))}  {cells(moderate.get(key))}")
+    if moderate.get("bridge_again"):
+        lines.append(f"{'bridge, again after Go':<28}{'':<49}  {cells(moderate.get('bridge_again'))}")
     sat_ratio = ratio(cpu_us(saturation.get("bridge")), cpu_us(saturation.get("goref")))
-    mod_ratio = ratio(cpu_us(moderate.get("bridge")), cpu_us(moderate.get("goref")))
+    mod_ratio = ratio(bridge_moderate_us(moderate), cpu_us(moderate.get("goref")))
     shown = [f"{'-' if x is None else f'{x:.2f}':>17}" for x in (sat_ratio, mod_ratio)]
     lines.append(f"{'bridge/Go, CPU per push':<28}{shown[0]}{'':<32}  {shown[1]}")
+    lines.append("At the moderate rate the bridge ran before and after the Go reference; the ratio takes the mean "
+                 "of its two runs, and their difference is how much that figure moves within a run.")
     if results.get("goref_missing"):
         lines.append(f"  Go reference receiver not measured: {results['goref_missing']}")
     for name, r in ((f"{key} at {rate:,.0f}/s", moderate.get(key)) for _, key in SYSTEMS):
@@ -53,8 +64,10 @@ def profile_lines(load: str, profile: dict, first: str) -> list[str]:
         return [f"Profile of the bridge ({load}): {profile.get('error', 'no samples')}"]
     run = profile.get("load") or {}
     offered = "saturation" if load == "saturation" else f"{run.get('rate', 0):,.0f} pushes/s offered"
+    how = ("--native, pausing it for each sample" if profile.get("native", True)
+           else "Python frames only, --nonblocking (not paused)")
     return [f"Profile of the bridge at {offered} ({first} ev/push, {run.get('ok_per_s', 0):.0f} pushes/s answered "
-            f"while sampled, {us(run)} us/push; py-spy --native at {profile.get('samples_per_s', 100)} Hz, "
+            f"while sampled, {us(run)} us/push; py-spy {how}, {profile.get('samples_per_s', 100)} Hz, "
             f"{profile['samples']} samples of busy time, {profile.get('waiting', 0)} of waiting threads left out; "
             f"raw stacks in {profile['file']}):",
             "  by area (the innermost Python frame of each sample):",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,8 @@ PROFILE_AREAS = (  # by the innermost Python frame of a sample: (path fragment, 
     ("logging/", "logging (one JSON line per push)"),
     ("prometheus_client/", "metrics (prometheus_client)"),
     ("aiokafka/", "Kafka client (aiokafka)"),
+    ("asyncio/streams.py", "Kafka client (aiokafka)"),  # its connections are asyncio streams
+    ("(ssl.py:", "TLS (ssl.SSLObject: HTTP and Kafka)"),
     ("uvicorn/", "HTTP server (uvicorn, incl. socket writes)"),
     ("starlette/", "Starlette routing"),
     ("bridge/", "bridge/ code itself"),
@@ -25,13 +28,15 @@ PROFILE_AREAS = (  # by the innermost Python frame of a sample: (path fragment, 
 
 
 def profile_bridge(bench: Bench, body_file: Path, out: Path, rate: float | None = None,
-                   window_s: float | None = None, samples_per_s: int = 100) -> dict:
-    """py-spy samples a fresh bridge (first worker) under the load `rate` (None: saturation).
+                   window_s: float | None = None, samples_per_s: int = 100, native: bool = True) -> dict:
+    """py-spy samples a fresh bridge (first worker) over the measured window of the load `rate`
+    (None: saturation); the warm-up (the connections' TLS handshakes) is left out.
 
-    Native frames are included (uvloop, TLS, the interpreter's GC, system calls), so time spent
-    outside Python code is attributed too. Idle time is not sampled, so the shares are of busy
-    time. py-spy pauses the process for each sample, so the throughput of this run is a little
-    lower than the measured one and is not used elsewhere."""
+    With `native`, native frames are included (uvloop, TLS, the interpreter's GC, system calls), so
+    time spent outside Python code is attributed too, and py-spy pauses the process for each
+    sample; without, it reads the Python frames while the process runs (`--nonblocking`), and time
+    in native code counts for the Python frame that called it. Idle threads are not sampled, so
+    the shares are of busy time."""
     py_spy = Path(sys.executable).parent / "py-spy"
     if not py_spy.exists():
         found = shutil.which("py-spy")
@@ -39,18 +44,22 @@ def profile_bridge(bench: Bench, body_file: Path, out: Path, rate: float | None 
             return {"error": "py-spy is not installed (pip install py-spy)"}
         py_spy = Path(found)
     window_s = window_s or bench.plan.window_s
+    samplers: list[subprocess.Popen] = []
     with bench.group(BRIDGE) as bridge:
-        sampler = subprocess.Popen(
-            [str(py_spy), "record", "--pid", str(bridge.pids[0]), "--rate", str(samples_per_s), "--native",
-             "--function", "--duration", str(int(bench.plan.warmup_s + window_s)), "--format", "raw",
-             "--output", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        command = [str(py_spy), "record", "--pid", str(bridge.pids[0]), "--rate", str(samples_per_s),
+                   "--native" if native else "--nonblocking", "--function", "--duration", str(int(window_s)),
+                   "--format", "raw", "--output", str(out)]
+        # The generator's window opens after its warm-up: start sampling then.
+        timer = threading.Timer(bench.plan.warmup_s, lambda: samplers.append(subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+        timer.start()
         result = bench.load(bridge, body_file, rate=rate, window_s=window_s)
+        timer.join()
         try:
-            _, err = sampler.communicate(timeout=60)
+            _, err = samplers[0].communicate(timeout=60)
         except subprocess.TimeoutExpired:
-            sampler.kill()
-            _, err = sampler.communicate()
+            samplers[0].kill()
+            _, err = samplers[0].communicate()
     if not out.exists():
         return {"error": f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"}
     return {"load": result, **summarise_profile(out)}
