@@ -51,7 +51,8 @@ fault: venv kafka-jars
 	$(VENV)/bin/pytest -m fault -s tests/fault
 
 # The benchmark (not a test): the bridge against its HTTP and Kafka ceilings and a naive
-# receiver, in one run on this machine. Needs Go 1.21+. Smoke run: make bench BENCH_ARGS=--quick
+# receiver and a Go reference receiver, in one run on this machine. Needs Go 1.26+. Smoke run:
+# make bench BENCH_ARGS=--quick
 BENCH_ARGS ?=
 bench: venv kafka-jars
 	$(VENV)/bin/python -m bench.benchmark $(BENCH_ARGS)
