@@ -16,6 +16,11 @@ class KeyedLocks:
         # key -> [lock, users]: a plain list, cheap to make (one is made whenever a free agent pushes)
         self._locks: dict[bytes, list[Any]] = {}
 
+    def held(self, keys: Iterable[bytes]) -> bool:
+        """Whether any of `keys` is held or awaited now."""
+        locks = self._locks
+        return bool(locks) and any(key in locks for key in keys)
+
     def hold(self, keys: Iterable[bytes]) -> _Held:
         return _Held(self, sorted(set(keys)))
 

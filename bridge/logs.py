@@ -6,16 +6,27 @@ import logging
 import os
 import threading
 import time
-from datetime import UTC, datetime
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import orjson
+
+LEVELS = {logging.DEBUG: "debug", logging.INFO: "info"}
+_second: list[Any] = [-1, ""]  # the last second formatted, and its text (reused while it lasts)
+
+
+def timestamp(moment: float) -> str:
+    """`moment` (seconds since the epoch) as ISO 8601 UTC with milliseconds and +00:00."""
+    whole = int(moment)
+    if whole != _second[0]:
+        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+    return f"{_second[1]}.{int(moment * 1000) % 1000:03d}+00:00"
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -140,10 +151,38 @@ class BatchedStderr(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
 
+    def write_line(self, line: str) -> None:
+        """A line already formatted (below WARNING: it waits for the next flush)."""
+        with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
+            self.stream.write(line + self.terminator)
+
     def _flush_regularly(self) -> None:
         while True:
             time.sleep(self._interval_s)
             self.flush()
+
+
+def direct_line(logger: logging.Logger, message: str) -> Callable[[int, dict[str, Any]], None]:
+    """A writer of one line with fields (`message`, from `logger`), formatted as JsonFormatter
+    formats it and handed straight to the bridge's standard-error handler, without the LogRecord a
+    logger call builds: for the line written per accepted push, about a tenth of its cost
+    otherwise. Lines at WARNING or above, and any line where that handler is not the one in
+    place (tests capturing logs, a library's own setup), go through the logger as usual."""
+    handlers = logging.getLogger().handlers
+    handler = handlers[0] if len(handlers) == 1 and isinstance(handlers[0], BatchedStderr) else None
+    name = logger.name
+
+    def write(level: int, fields: dict[str, Any]) -> None:
+        if not logger.isEnabledFor(level):
+            return
+        if handler is None or level >= logging.WARNING:
+            logger.log(level, message, extra={"fields": fields})
+            return
+        entry = {"time": timestamp(time.time()), "level": LEVELS.get(level) or logging.getLevelName(level).lower(),
+                 "logger": name, "message": message, **fields}
+        handler.write_line(orjson.dumps(entry, default=str).decode())
+
+    return write
 
 
 def setup(level: str) -> None:

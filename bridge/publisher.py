@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from aiokafka.errors import KafkaError
 
 from .config import Settings
+from .kafka.appends import append_push
 from .kafka.credentials import Credentials
 from .kafka.errors import RECORD_ERRORS, PublishError
 from .kafka.seams import ProducerKeeper
@@ -26,7 +27,7 @@ from .metrics import Metrics
 from .records import Record
 from .supervisor import Supervisor
 from .transactions import TransactionPump
-from .writes import Writes
+from .writes import Append, Writes
 
 __all__ = ["PublishError", "Publisher"]
 Write = Callable[[list[Record]], Awaitable[None]]
@@ -37,10 +38,11 @@ class Publisher:
     asks asyncio for it: in Python 3.11 each such call is a getpid() system call, and they add up to
     a fifth of a push's CPU). `keeper` keeps the producer: the bridge's Supervisor, made where the
     process is put together with the credentials the file watcher updates; without one, a
-    Supervisor over credentials read once from the settings' files."""
+    Supervisor over credentials read once from the settings' files. `append` puts a push's records
+    in the producer's batches (bridge/kafka/appends.py; tests stand in for it with the producer's)."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None,
-                 keeper: ProducerKeeper | None = None) -> None:
+                 keeper: ProducerKeeper | None = None, append: Append = append_push) -> None:
         self._settings = settings
         self._metrics = metrics = metrics or Metrics()
         self._supervisor = Supervisor(settings, metrics, Credentials(settings)) if keeper is None else keeper
@@ -53,7 +55,7 @@ class Publisher:
             self._pump = TransactionPump(self._supervisor, settings, loop)
             self._push = self._batch = self._pump.write
         else:
-            writes = Writes(self._supervisor, loop)
+            writes = Writes(self._supervisor, loop, append)
             self._push, self._batch = writes.per_agent, writes.batched
 
     @property

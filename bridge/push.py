@@ -30,7 +30,7 @@ from . import protocol
 from .auth import Authenticator, mask_guid
 from .config import Settings
 from .delivery import Unavailable
-from .logs import LineBudget
+from .logs import LineBudget, direct_line
 from .metrics import Metrics
 from .protocol import CONTENT_TYPE, SUCCESS_BODY, Refusal
 from .records import Record, Router, build_records, dead_letter_record
@@ -126,6 +126,7 @@ class PushEndpoint:
         self._risk = risk
         self._quarantine = settings.malformed_pushes == "quarantine"
         self._inflight = 0
+        metrics.inflight.set_function(lambda: self._inflight)  # read at each scrape, not kept up per push
         self._ok_level = logging.getLevelName(settings.push_log_level.upper())
         self._replica = (settings.replica_name or "").encode()
         self._route_header = settings.router_key_header.encode() if settings.router_key_header else None
@@ -133,6 +134,7 @@ class PushEndpoint:
         self._held_back: dict[str, str] = {}  # key -> message of the lines held back, until summed up
         self._summary: asyncio.TimerHandle | None = None
         self._leaving = leaving  # the replica is leaving: answers close their connection (a router reconnects)
+        self._accepted_line = direct_line(log, "pushEvent accepted")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -216,7 +218,6 @@ class PushEndpoint:
             raise protocol.unavailable(f"{self._settings.max_inflight_pushes} pushes are already in flight",
                                        "overloaded", retry_after_s=1)
         self._inflight += 1
-        self._metrics.inflight.inc()
         try:
             if await self._delivery.keep(records):
                 outcome["spooled"] = True
@@ -224,7 +225,6 @@ class PushEndpoint:
             raise protocol.unavailable(str(exc), "kafka") from None
         finally:
             self._inflight -= 1
-            self._metrics.inflight.dec()
         if request.quarantined is not None:  # counted once kept
             self._metrics.dead_letters.inc()
             self._metrics.quarantined.labels(request.quarantined).inc()
@@ -260,7 +260,7 @@ class PushEndpoint:
             if not log.isEnabledFor(level):
                 return
             outcome.update(retcode="0", status=200, duration_ms=round(elapsed * 1000, 2))
-            log.log(level, "pushEvent accepted", extra={"fields": outcome})
+            self._accepted_line(level, outcome)
             return
         self._metrics.pushes.labels(refusal.retcode).inc()
         self._metrics.rejected.labels(refusal.reason).inc()

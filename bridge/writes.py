@@ -1,8 +1,11 @@
 """Writing records with the idempotent producer, outside transactions (the default mode).
 
-- `per_agent`, for pushes: a push appends all of its records while holding a lock per agent
-  (record key), then waits for the acknowledgements outside the lock, so consecutive pushes of one
-  agent share batches and never interleave.
+- `per_agent`, for pushes: a push's records are appended to the open batches of their partitions
+  in one synchronous step (bridge/kafka/appends.py), so consecutive pushes of one agent share
+  batches and never interleave; then the push waits for those batches. Only a push whose partitions
+  are not known yet (no metadata, or a record without a key) goes record by record through the
+  producer's `send`, holding a lock per agent (record key) meanwhile, and a push of an agent whose
+  lock is held waits for it.
 - `batched`, for the spool's drainer (which publishes many pushes at once and is the only writer
   while it runs): the records go in one batch per partition, with one future per batch rather than
   per record.
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from aiokafka.partitioner import murmur2
 
+from .kafka.appends import append_push
 from .kafka.seams import Batch, Producer, ProducerKeeper
 from .locks import KeyedLocks
 from .records import Record
@@ -45,22 +50,32 @@ def partitions_of(producer: Producer, records: list[Record]) -> list[int | None]
     return result
 
 
+# (producer, records, their partitions) -> the futures of the batches they went to
+Append = Callable[[Any, Sequence[Record], Sequence[int]], list[asyncio.Future[Any]]]
+
+
 class Writes:
     """The idempotent producer's two write paths. `loop` is the running loop, kept so that no
     write asks asyncio for it (in Python 3.11 each such call is a getpid() system call)."""
 
-    def __init__(self, supervisor: ProducerKeeper, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, supervisor: ProducerKeeper, loop: asyncio.AbstractEventLoop,
+                 append: Append = append_push) -> None:
         self._supervisor = supervisor
         self._loop = loop
+        self._append = append
         self._locks = KeyedLocks()
 
     async def per_agent(self, records: list[Record]) -> None:
         producer = self._supervisor.producer
         assert producer is not None  # the caller found the supervisor ready, and nothing awaited since
         partitions = partitions_of(producer, records)
-        async with self._locks.hold(r.key for r in records if r.key is not None):
-            futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers, partition=p)
-                       for r, p in zip(records, partitions, strict=False)]
+        keys = [r.key for r in records if r.key is not None]
+        if None not in partitions and not self._locks.held(keys):
+            futures = self._append(producer, records, cast(list[int], partitions))
+        else:
+            async with self._locks.hold(keys):
+                futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers, partition=p)
+                           for r, p in zip(records, partitions, strict=False)]
         await self._acknowledged(futures)
 
     async def batched(self, records: list[Record]) -> None:

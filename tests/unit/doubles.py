@@ -3,9 +3,11 @@ so that they type-check where the real supervisor and producer are expected."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from bridge.kafka.seams import Batch, Client, Cluster, Headers, Producer
+from bridge.records import Record
 
 
 class Partitions:
@@ -63,6 +65,16 @@ class AckingProducer(StandIn):
             raise self.refuse
         self.sent.append((topic, key))
         return self.ack
+
+
+def append_by_sending(producer: Any, records: Sequence[Record], partitions: Sequence[int]) -> list[asyncio.Future[Any]]:
+    """The write path's append (bridge/kafka/appends.py) as the stand-ins take it: an AckingProducer
+    records the push and acknowledges it through its `ack`, or refuses it at once with `refuse`."""
+    assert isinstance(producer, AckingProducer)
+    if producer.refuse is not None:
+        raise producer.refuse
+    producer.sent.extend((r.topic, r.key) for r in records)
+    return [producer.ack]
 
 
 class TransactionalProducer(StandIn):

@@ -2,8 +2,8 @@
 releases: each exists and has the shape the bridge relies on (parameters, attributes, what calls
 what). A new release of uvicorn, httptools or aiokafka that moves one of them fails here rather
 than on the push port. The pins themselves are compatible-release (~=) to the minor release in
-constraints.txt. The module docstrings of bridge/http.py, bridge/listener.py and
-bridge/kafka/patch.py say why each name is borrowed; the aiokafka patch has tests of its own
+constraints.txt. The module docstrings of bridge/http.py, bridge/listener.py,
+bridge/kafka/patch.py and bridge/kafka/appends.py say why each name is borrowed; the aiokafka patch has tests of its own
 (test_kafka_patch.py), and bridge/http.py's use of uvicorn's protocol is driven in
 test_http_protocol.py."""
 from __future__ import annotations
@@ -22,9 +22,9 @@ import uvicorn
 from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.conn import create_conn
-from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.producer.message_accumulator import BatchBuilder, MessageAccumulator, MessageBatch
 from aiokafka.protocol import admin as admin_protocol
-from aiokafka.structs import BrokerMetadata
+from aiokafka.structs import BrokerMetadata, TopicPartition
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
@@ -175,6 +175,22 @@ async def test_the_producer_parts_the_write_paths_use() -> None:
     cluster = producer.client.cluster
     assert cluster.partitions_for_topic("unknown") is None and list(cluster.brokers()) == []
     assert "nodeId" in BrokerMetadata._fields  # what the supervisor compares with the live brokers
+
+
+async def test_the_accumulator_parts_a_push_is_appended_with() -> None:
+    """bridge/kafka/appends.py: the open batches per partition, how a new one is started, what
+    `add_message` checks before appending, and a queued batch's builder and future."""
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    accumulator = producer._message_accumulator
+    assert isinstance(accumulator, MessageAccumulator)
+    assert accumulator._closed is False and accumulator._exception is None
+    assert {"_closed", "_exception", "_batches", "create_builder", "_append_batch"} <= names(
+        MessageAccumulator.add_message), "add_message no longer works the way append_push copies"
+    tp = TopicPartition("t", 0)
+    batch = accumulator._append_batch(accumulator.create_builder(), tp)
+    assert isinstance(batch, MessageBatch) and accumulator._batches[tp][-1] is batch
+    assert isinstance(batch._builder, BatchBuilder) and isinstance(batch.future, asyncio.Future)
+    assert "future" in names(MessageBatch.done) and "future" in names(MessageBatch.failure)
 
 
 def test_the_admin_side_health_and_diagnosis_use() -> None:

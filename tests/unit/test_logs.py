@@ -51,3 +51,35 @@ def test_what_a_budget_held_back_is_summed_up_once_its_interval_is_over():
     assert budget.overdue(now=10.0) == [("token", 2)]
     assert budget.overdue(now=11.0) == [] and budget.due_in(now=11.0) is None, "summed up once"
     assert budget.take("token", now=12.0) == 0, "the next line does not report them again"
+
+
+def test_the_direct_line_is_the_line_the_logger_would_write(monkeypatch):
+    import io
+
+    import orjson
+
+    from bridge import logs
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    handler = logs.BatchedStderr(interval_s=60)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.stream = io.StringIO()
+    root.handlers.append(handler)
+    logger = logging.getLogger("bridge.test-direct")
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    fields = {"operation": "pushEvent", "workNo": "1001", "events": 5, "status": 200}
+    logs.direct_line(logger, "pushEvent accepted")(logging.INFO, fields)
+    logger.info("pushEvent accepted", extra={"fields": fields})
+    logs.direct_line(logger, "pushEvent accepted")(logging.DEBUG, fields)  # below the logger's level: nothing
+    direct, logged = (orjson.loads(line) for line in handler.stream.getvalue().splitlines())
+    assert direct.pop("time")[:19] == logged.pop("time")[:19] and direct == logged
+
+
+def test_without_the_bridges_handler_the_direct_line_goes_through_the_logger(caplog):
+    from bridge import logs
+
+    logger = logging.getLogger("bridge.test-direct-fallback")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        logs.direct_line(logger, "pushEvent accepted")(logging.INFO, {"workNo": "1001"})
+    assert [(r.getMessage(), r.fields) for r in caplog.records] == [("pushEvent accepted", {"workNo": "1001"})]

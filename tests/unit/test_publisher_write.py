@@ -8,7 +8,7 @@ import time
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
-from doubles import AckingProducer, Keeper
+from doubles import AckingProducer, Keeper, append_by_sending
 
 from bridge import config
 from bridge.kafka.errors import PublishError
@@ -26,7 +26,7 @@ class Rig:
         self.producer = AckingProducer()
         self.keeper = Keeper(self.producer, ready=ready, problem="" if ready else "Kafka is not reachable (X)")
         self.metrics = Metrics()
-        self.publisher = Publisher(SETTINGS, self.metrics, self.keeper)
+        self.publisher = Publisher(SETTINGS, self.metrics, self.keeper, append_by_sending)
 
     def events(self, topic: str) -> float:
         return self.metrics.registry.get_sample_value("bridge_events_published_total", {"topic": topic}) or 0.0
