@@ -88,16 +88,16 @@ def build_records(push: Push, node: str, router: Router, received_at: float | No
     """One record per well-formed event of `push`; `replica` (the accepting replica's name) goes into
     the bridge_replica header when given."""
     received_at = time.time() if received_at is None else received_at
-    shared = [
+    shared: tuple[tuple[str, bytes], ...] = (
         ("ce_specversion", SPEC_VERSION),
         ("ce_source", source_for(node)),
         ("ce_time", rfc3339(received_at)),
         ("content-type", JSON),
         ("ce_pushid", (push_id or new_push_id()).encode()),
         ("ce_pushsize", str(push.size).encode()),
-    ]
+    )
     if replica:
-        shared.append(("bridge_replica", replica))
+        shared += (("bridge_replica", replica),)
     seen: dict[str, int] = {}
     keys: dict[str, bytes] = {}  # an agent's key, encoded once per push
     records = []
@@ -111,24 +111,20 @@ def build_records(push: Push, node: str, router: Router, received_at: float | No
         repeat = seen.get(digest, 0)
         seen[digest] = repeat + 1
         topic, event_type = router.route(event["eventType"])
-        headers = [
-            ("ce_id", (digest if repeat == 0 else f"{digest}-{repeat}").encode()),
-            ("ce_type", event_type),
-            ("ce_subject", key),
-            *shared,
-            ("ce_pushindex", index_bytes(index)),
-        ]
+        # Around the push's shared headers, made once (a list: aiokafka's record builder takes no other).
+        headers = [("ce_id", (digest if repeat == 0 else f"{digest}-{repeat}").encode()), ("ce_type", event_type),
+                   ("ce_subject", key), *shared, *index_header(index)]
         if normalized and index in normalized:
             headers.append(("bridge_normalized", orjson.dumps(normalized[index])))
         records.append(Record(topic, key, value, headers))
     return records
 
 
-_INDEXES = tuple(str(n).encode() for n in range(1000))  # ce_pushindex of the first events of a push
+_INDEXES = tuple((("ce_pushindex", str(n).encode()),) for n in range(1000))  # the first events' of a push
 
 
-def index_bytes(index: int) -> bytes:
-    return _INDEXES[index] if index < len(_INDEXES) else str(index).encode()
+def index_header(index: int) -> tuple[tuple[str, bytes]]:
+    return _INDEXES[index] if index < len(_INDEXES) else (("ce_pushindex", str(index).encode()),)
 
 
 def dead_letter_record(topic: str, body: bytes, status: int, retcode: str, reason: str, node: str,
