@@ -200,9 +200,10 @@ def seen(record) -> Seen:
                 int(index) if index.isdigit() else None)
 
 
-async def read_committed(client_options: dict, topics: list[str], timeout_s: float = 300.0) -> list:
+async def read_committed(client_options: dict, topics: list[str], timeout_s: float = 300.0,
+                         start: dict[TopicPartition, int] | None = None) -> list:
     """Every committed record of `topics` (aiokafka ConsumerRecords), partition by partition, in
-    offset order. Used by the checker and by the test suite."""
+    offset order; with `start`, from those offsets on. Used by the checker and by the test suite."""
     consumer = AIOKafkaConsumer(**client_options, enable_auto_commit=False, isolation_level="read_committed",
                                 max_partition_fetch_bytes=4 * 1048576)
     await consumer.start()
@@ -218,6 +219,8 @@ async def read_committed(client_options: dict, topics: list[str], timeout_s: flo
             raise RuntimeError(f"topics not found: {sorted(set(topics) - {tp.topic for tp in partitions})}")
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
+        for tp, offset in (start or {}).items():
+            consumer.seek(tp, offset)
         end = await consumer.end_offsets(partitions)
         by_partition: dict[TopicPartition, list] = defaultdict(list)
         deadline = time.monotonic() + timeout_s

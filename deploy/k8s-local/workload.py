@@ -113,9 +113,9 @@ def existing(kind_names: list[str]) -> list[str]:
 
 
 def deploy(rendered: str, restart: list[str]) -> None:
-    """Apply the overlay, bring the replica counts to the starting point (Kafka 1, bridge 3: the
-    autoscaler has no metrics to change them, see docs/kubernetes-local.md), restart the workloads
-    whose image was replaced, create the topics, and wait until everything is ready."""
+    """Apply the overlay, bring the replica counts to the starting point (Kafka 1, bridge 3, also
+    after a drill left others), restart the workloads whose image was replaced, create the topics,
+    and wait until everything is ready."""
     kubectl("apply", "-f", "-", input=rendered, timeout=180)
     kubectl("-n", NAMESPACE, "scale", f"statefulset/{KAFKA_STATEFULSET}", "--replicas=1")
     kubectl("-n", NAMESPACE, "scale", f"statefulset/{BRIDGE_STATEFULSET}", f"--replicas={BRIDGE_REPLICAS}")

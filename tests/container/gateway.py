@@ -4,12 +4,11 @@ the bridges' spools, and reading every record back to compare with a ledger."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 from bench.simulate import Ledger, SimSettings, Simulator
 from bench.verify import Figures, compare, read_topics
+from tests.support import until
 
 from .stack import Stack
 
@@ -25,18 +24,6 @@ def gateway(stack: Stack, ledger: Ledger, **overrides: Any) -> Simulator:
                 "think_s": (0.2, 0.8), "drain_s": 40.0}
     settings.update(overrides)
     return Simulator(SimSettings(**settings), ledger)
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `check` (a blocking call, run in a thread) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await asyncio.to_thread(check)
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not seen within {timeout:.0f}s: {what}")
-        await asyncio.sleep(0.5)
 
 
 # -- faults --------------------------------------------------------------------------------------

@@ -608,10 +608,21 @@ def test_router_configuration_passes_haproxy_check(which, compose, tmp_path):
 
 
 def test_router_configurations_differ_only_in_their_servers():
-    """The Kubernetes router is the compose router with other server lines: routing, TLS and bounds
-    are written once and cannot drift apart."""
-    compose, kubernetes = (RouterConfig(path.read_text()) for path in (COMPOSE_ROUTER, KUBERNETES_ROUTER))
-    assert compose.without_servers() == kubernetes.without_servers()
+    """The Kubernetes router is the compose router with other server lines, and with two choices of
+    its own: a pod keeps its agents through ten failed checks (compose: two), and the resolvers keep
+    a name that stops resolving for 30 s and ask again every second. Routing, TLS and bounds are
+    written once and cannot drift apart."""
+    compose, kubernetes = (RouterConfig(path.read_text()).without_servers() for path in (COMPOSE_ROUTER, KUBERNETES_ROUTER))
+    fall = {"compose": "fall 2", "kubernetes": "fall 10"}
+    (default_server,) = [line for line in kubernetes["backend bridges"] if line.startswith("default-server ")]
+    assert fall["kubernetes"] in default_server
+    kubernetes["backend bridges"] = [line.replace(fall["kubernetes"], fall["compose"]) if line == default_server else line
+                                     for line in kubernetes["backend bridges"]]
+    holds = {line.split()[1]: line.split()[2] for line in kubernetes["resolvers engine"] if line.startswith("hold ")}
+    assert holds.pop("valid") == "1s" and holds.pop("obsolete") == "0s" and set(holds.values()) == {"30s"}, holds
+    for sections in (compose, kubernetes):
+        sections["resolvers engine"] = [line for line in sections["resolvers engine"] if not line.startswith("hold ")]
+    assert compose == kubernetes
 
 
 def test_router_hashes_each_push_on_its_agent_consistently(router_config):
@@ -795,8 +806,8 @@ def test_kubernetes_objects_match_schemas(kustomization, version):
 
 def test_base_holds_every_object_but_secrets():
     kinds = Counter(o["kind"] for o in render("base"))
-    assert kinds == Counter({"StatefulSet": 1, "Deployment": 1, "Service": 2, "HorizontalPodAutoscaler": 1,
-                             "PodDisruptionBudget": 2, "NetworkPolicy": 2, "ConfigMap": 3})
+    assert kinds == Counter({"StatefulSet": 1, "Deployment": 1, "Service": 2, "PodDisruptionBudget": 2,
+                             "NetworkPolicy": 2, "ConfigMap": 3})
 
 
 def test_settings_are_valid_and_files_come_from_secret_volumes(kustomization, tmp_path):
@@ -881,11 +892,14 @@ def test_termination_grace_covers_the_leave_grace_in_flight_pushes_and_the_exit_
     grace = float(env.get("BRIDGE_LEAVE_GRACE_S", DEFAULTS["leave_grace_s"]))
     shutdown = float(env.get("BRIDGE_SHUTDOWN_TIMEOUT_S", DEFAULTS["shutdown_timeout_s"]))
     exit_drain = float(env.get("BRIDGE_EXIT_DRAIN_TIMEOUT_S", DEFAULTS["exit_drain_timeout_s"]))
+    spool_wait = float(env.get("BRIDGE_LEAVE_SPOOL_WAIT_S", DEFAULTS["leave_spool_wait_s"]))
+    flush = 15.0  # the producer's last flush and the process's exit
     assert "lifecycle" not in container, "a preStop delay only postpones the departure the pod announces itself"
     assert grace > 0, "the routers need a check to stop sending to a pod that leaves"
     assert exit_drain > 0, "a scale-down would leave the spool on a claim no pod reads"
-    assert pod["terminationGracePeriodSeconds"] > grace + shutdown + exit_drain, \
-        "Kubernetes would kill the bridge while it still finishes pushes or delivers its spool"
+    assert spool_wait > 0, "a pod with a volume of its own would hand over agents whose older pushes it still holds"
+    assert pod["terminationGracePeriodSeconds"] > spool_wait + grace + shutdown + exit_drain + flush, \
+        "Kubernetes would kill the bridge while it still waits for its spool, finishes pushes or delivers its spool"
 
 
 def test_pod_is_locked_down(kustomization):
@@ -937,23 +951,22 @@ def test_selectors_match_the_pods(kustomization):
     services = {s["metadata"]["name"]: selected(s["spec"]["selector"]) for s in objects if s["kind"] == "Service"}
     governing = workloads["bridge"]["spec"]["serviceName"]
     assert services == {governing: ["bridge"], ROUTER: ["router"]}, services
-    target = one(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("StatefulSet", workloads["bridge"]["metadata"]["name"])
     assert one(objects, "Service", governing)["spec"]["clusterIP"] == "None", "a StatefulSet's governing Service is headless"
 
 
 def test_scaling_and_disruptions_keep_replicas_serving(kustomization):
     objects = render(kustomization)
     workload = one(objects, "StatefulSet")["spec"]
-    assert "replicas" not in workload, "the HorizontalPodAutoscaler owns the replica count"
+    assert not any(o["kind"] == "HorizontalPodAutoscaler" for o in objects), \
+        "an autoscaler scales down during Kafka outages (CPU falls) and moves agents at every scale event"
+    _, config = router_config_of(objects)
+    assert 2 <= workload["replicas"] <= len(config.servers()), "each pod needs a server line in the router"
     # A StatefulSet replaces one pod at a time, in place: the others must carry the pushes.
     assert workload["updateStrategy"]["type"] == "RollingUpdate"
     assert "partition" not in workload["updateStrategy"].get("rollingUpdate", {}), "a partition holds back pods"
     assert workload["podManagementPolicy"] == "Parallel"
-    hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
-    assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
     pdb = one(objects, "PodDisruptionBudget", "cc-gateway-bridge")["spec"]
-    assert pdb.get("maxUnavailable", 0) >= 1 or pdb["minAvailable"] < hpa["minReplicas"], \
+    assert pdb.get("maxUnavailable", 0) >= 1 or pdb["minAvailable"] < workload["replicas"], \
         "the budget must allow a drain to proceed"
     router = one(objects, "Deployment", ROUTER)["spec"]
     router_pdb = one(objects, "PodDisruptionBudget", ROUTER)["spec"]
@@ -1127,18 +1140,17 @@ def router_config_of(objects) -> tuple[str, RouterConfig]:
     return str(path), RouterConfig(data[str(path.relative_to(mount["mountPath"]))])
 
 
-def test_router_servers_are_the_statefulset_pods_up_to_the_autoscalers_maximum(kustomization):
-    """One server per StatefulSet ordinal up to maxReplicas, by the pod's full DNS name through the
-    governing Service (namespace from the downward API, cluster domain from the router's settings),
-    ids 1..N in ordinal order, so both router pods map an agent alike."""
+def test_router_servers_are_the_statefulset_pods_by_ordinal(kustomization):
+    """One server per StatefulSet ordinal from 0, by the pod's full DNS name through the governing
+    Service (namespace from the downward API, cluster domain from the router's settings), ids 1..N in
+    ordinal order, so both router pods map an agent alike; more lines than replicas, to scale up."""
     objects = render(kustomization)
     workload = one(objects, "StatefulSet")
     name, governing = workload["metadata"]["name"], workload["spec"]["serviceName"]
     push = int(pod_env(objects)["BRIDGE_PORT"])
-    maximum = one(objects, "HorizontalPodAutoscaler")["spec"]["maxReplicas"]
     _, config = router_config_of(objects)
     servers = config.servers()
-    assert len(servers) >= maximum, f"{len(servers)} servers for up to {maximum} replicas"
+    assert len(servers) > workload["spec"]["replicas"], f"{len(servers)} servers leave no room to scale up"
     assert servers == [(f"bridge{n}", f"{name}-{n}.{governing}.${{POD_NAMESPACE}}.svc.${{CLUSTER_DOMAIN}}:{push}", n + 1)
                        for n in range(len(servers))]
     _, container = router_pod(objects)
@@ -1175,6 +1187,11 @@ def test_router_pod_is_locked_down_and_probed(kustomization):
     assert config.directives("frontend management", "bind") == [f":{management}"]
     answered = " ".join(config.directives("frontend management", "http-request"))
     assert "path /healthz" in answered and "path /readyz" in answered
+    # No push before its checks agree with the other router's: a pod taken for UP at start must
+    # have had its first check (inter, then check timeout), one taken for DOWN its rise checks.
+    words = config.directives("backend bridges", "default-server")[0].split()
+    inter, rise = seconds(words[words.index("inter") + 1]), int(words[words.index("rise") + 1])
+    assert container["readinessProbe"]["initialDelaySeconds"] >= max(rise * inter, inter + config.timeout("check"))
     # A soft stop (SIGUSR1) after the endpoints forgot the pod, within the grace period.
     hook = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
     delay = int(re.search(r"sleep (\d+)", hook).group(1))

@@ -21,9 +21,10 @@ KEYS = ("KUBECONFIG", "NAMESPACE", "PUSH_URL", "CA_FILE", "SERVICE_TOKEN", "KAFK
 class Cluster:
     env: dict[str, str]
 
-    def kubectl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 120,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
         argv = [self.env["KUBECTL"], "--kubeconfig", self.env["KUBECONFIG"], "-n", self.env["NAMESPACE"], *args]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
