@@ -1,6 +1,7 @@
 """JSON log lines: one object per line, with the fields a push outcome carries at the top level."""
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -123,6 +124,44 @@ class LineBudget:
     @property
     def interval_s(self) -> float:
         return self._interval_s
+
+
+class BoundedLines:
+    """Warnings held to a LineBudget, per key: a line is written with `held_back` (how many lines of
+    its key were left out since the last one), or left out and counted (`on_held_back(key)`). Lines
+    left out and not reported by a later one are summed up in one line once the key's interval is
+    over (`summary_fields` go into that line). Called on the event loop."""
+
+    def __init__(self, logger: logging.Logger, budget: LineBudget, on_held_back: Callable[[str], object],
+                 summary_fields: dict[str, Any]) -> None:
+        self._logger, self._budget, self._on_held_back = logger, budget, on_held_back
+        self._summary_fields = summary_fields
+        self._held_back: dict[str, str] = {}  # key -> message of the lines held back, until summed up
+        self._summary: asyncio.TimerHandle | None = None
+
+    def __call__(self, key: str, message: str, fields: dict[str, Any]) -> None:
+        held_back = self._budget.take(key)
+        if held_back is not None:
+            self._logger.warning(message, extra={"fields": {**fields, "held_back": held_back}})
+            return
+        self._on_held_back(key)
+        self._held_back[key] = message
+        if self._summary is None:
+            self._schedule_summary()
+
+    def _schedule_summary(self) -> None:
+        wait = self._budget.due_in()
+        if wait is not None:
+            self._summary = asyncio.get_running_loop().call_later(wait + 0.01, self._sum_up)
+
+    def _sum_up(self) -> None:
+        self._summary = None
+        interval = self._budget.interval_s
+        for key, count in self._budget.overdue():
+            message = self._held_back.pop(key, "lines")
+            self._logger.warning("%s: %d more lines like it held back", message, count, extra={"fields": {
+                **self._summary_fields, "problem": key, "held_back": count, "within_s": interval}})
+        self._schedule_summary()
 
 
 class _Window:

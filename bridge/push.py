@@ -16,7 +16,6 @@ first lines in full, then one line per interval saying how many were held back.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from . import protocol
 from .auth import Authenticator, mask_guid
 from .config import Settings
 from .delivery import Unavailable
-from .logs import LineBudget, direct_line
+from .logs import BoundedLines, LineBudget, direct_line
 from .metrics import Metrics
 from .protocol import CONTENT_TYPE, SUCCESS_BODY, Refusal
 from .records import Record, Router, build_records, dead_letter_record
@@ -130,9 +129,9 @@ class PushEndpoint:
         self._ok_level = logging.getLevelName(settings.push_log_level.upper())
         self._replica = (settings.replica_name or "").encode()
         self._route_header = settings.router_key_header.encode() if settings.router_key_header else None
-        self._lines = LineBudget()  # lines anyone can cause at any rate: refusals before authentication, routing
-        self._held_back: dict[str, str] = {}  # key -> message of the lines held back, until summed up
-        self._summary: asyncio.TimerHandle | None = None
+        # Lines anyone can cause at any rate (refusals before authentication, routing problems).
+        self._bounded_line = BoundedLines(log, LineBudget(), lambda key: metrics.lines_held_back.labels(key).inc(),
+                                          {"operation": "pushEvent"})
         self._leaving = leaving  # the replica is leaving: answers close their connection (a router reconnects)
         self._accepted_line = direct_line(log, "pushEvent accepted")
 
@@ -272,35 +271,6 @@ class PushEndpoint:
             log.warning("pushEvent refused", extra={"fields": outcome})
         else:
             self._bounded_line(refusal.reason, "pushEvent refused", outcome)
-
-    # -- lines anyone can cause at any rate ----------------------------------------------------------
-
-    def _bounded_line(self, key: str, message: str, fields: dict[str, Any]) -> None:
-        """A warning held to the budget of its key: written with `held_back` (how many lines of the
-        key were left out since the last one), or left out and counted. Lines left out and not
-        reported by a later line are summed up in one line once the key's interval is over."""
-        held_back = self._lines.take(key)
-        if held_back is not None:
-            log.warning(message, extra={"fields": {**fields, "held_back": held_back}})
-            return
-        self._metrics.lines_held_back.labels(key).inc()
-        self._held_back[key] = message
-        if self._summary is None:
-            self._schedule_summary()
-
-    def _schedule_summary(self) -> None:
-        wait = self._lines.due_in()
-        if wait is not None:
-            self._summary = asyncio.get_running_loop().call_later(wait + 0.01, self._sum_up)
-
-    def _sum_up(self) -> None:
-        self._summary = None
-        interval = self._lines.interval_s
-        for key, count in self._lines.overdue():
-            message = self._held_back.pop(key, "pushEvent refused")
-            log.warning("%s: %d more lines like it held back", message, count, extra={"fields": {
-                "operation": "pushEvent", "problem": key, "held_back": count, "within_s": interval}})
-        self._schedule_summary()
 
     # -- dead letters ------------------------------------------------------------------------------
 

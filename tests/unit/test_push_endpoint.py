@@ -282,7 +282,7 @@ async def test_refusals_before_authentication_are_counted_in_full_and_logged_at_
 
 async def test_lines_held_back_are_summed_up_once_the_interval_is_over(caplog):
     app, metrics, _ = endpoint(StandInDelivery())
-    app._lines = LineBudget(burst=2, interval_s=0.2)
+    app._bounded_line._budget = LineBudget(burst=2, interval_s=0.2)
     with caplog.at_level(logging.INFO, "bridge.push"):
         for _ in range(50):
             await call(app, push({"eventType": "A"}), service_token="wrong")
