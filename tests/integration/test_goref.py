@@ -12,10 +12,11 @@ import shutil
 
 import orjson
 import pytest
-from conftest import Bridge, bridge_env, push_headers, read_topics
+from conftest import bridge_env, push_headers, read_topics
 
 from bench.processes import GoReceiver, go_binary
 from bench.runs import GOREF_SRC
+from tests.support import BridgeProcess
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,7 @@ def comparable(records: list) -> list:
 async def test_goref_writes_what_the_bridge_writes(goref_binary, kafka, tls_dir, topic, tmp_path, client):
     env = bridge_env(kafka, topic, BRIDGE_REPLICA_NAME="replica-1", BRIDGE_MALFORMED_PUSHES="refuse",
                      BRIDGE_MAX_BODY_BYTES="65536")
-    bridge = Bridge(env, tls_dir).start(tmp_path)
+    bridge = BridgeProcess(env, tls_dir).start(tmp_path)
     try:
         bridge_answers = await send_all(client, bridge.url)
     finally:
