@@ -31,8 +31,8 @@ def measure(bench: Bench, profile: bool) -> dict:
 
     with bench.group(BRIDGE) as bridge:
         # The broker's JVM compiles its hot paths during its first seconds of load: not counted.
-        step("warming up the broker and the bridge (not counted)")
-        bench.load(bridge, pool[first], window_s=plan.window_s)
+        step(f"warming up the broker and the bridge for {plan.broker_warmup_s:g} s (not counted)")
+        bench.load(bridge, pool[first], window_s=plan.broker_warmup_s)
         for events in plan.mixes:
             step(f"bridge, {events} events/push, saturation")
             mixes[str(events)]["bridge"] = bench.load(bridge, pool[events])

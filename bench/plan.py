@@ -45,6 +45,11 @@ class Plan:
     pool_agents: int  # distinct agents in the bodies of the throughput and latency runs
     sweep_conns: tuple[int, ...] = ()  # other connection counts for bridge and naive (first mix)
     sweep_window_s: float = 5
+    # Saturation load before anything is counted. The broker's JVM is still compiling its hot paths
+    # for the first 15-20 s of load: measured, its CPU per push fell by half over the first four 4 s
+    # windows, and the bridge's pushes/s at saturation rose from 2,367 to 3,345 with it (two cores
+    # are shared), so a shorter warm-up made whichever system ran first look slower.
+    broker_warmup_s: float = 24
 
 
 FULL = Plan(mixes=(5, 1, 50), warmup_s=2, window_s=8, latency_window_s=10,
