@@ -12,12 +12,12 @@ median CPU per push and its ratio to the Go reference's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 from pathlib import Path
 
-import tests.support.bridges as bridges
-from tests.support.paths import ROOT
+from tests.support import ROOT
 
 from .plan import BRIDGE, MODERATE_RATE, QUICK
 from .runs import environment
@@ -47,15 +47,11 @@ def main() -> None:
     args = parser.parse_args()
     before_root = checkout(args.before)
     figures: dict[tuple[str, str], list[float]] = {}
-    with environment(QUICK, 64, 1, {}, False) as bench:
+    with environment(QUICK, 64, 1, {}, False) as bench, contextlib.ExitStack() as running:
         pool = bench.bodies[(5, QUICK.pool_agents)]
-        bridges.ROOT = before_root  # where `python -m bridge serve` starts: the other checkout
-        try:
-            before = bench.group(BRIDGE).__enter__()
-        finally:
-            bridges.ROOT = ROOT
-        systems = {"before": before, "after": bench.group(BRIDGE).__enter__(),
-                   "go": bench.go_reference().__enter__()}
+        systems = {"before": running.enter_context(bench.group(BRIDGE, root=before_root)),
+                   "after": running.enter_context(bench.group(BRIDGE)),
+                   "go": running.enter_context(bench.go_reference())}
         print(f"bench.ab: warming the broker up for {QUICK.broker_warmup_s:g} s", flush=True)
         for name in ("before", "after"):
             bench.load(systems[name], pool, window_s=QUICK.broker_warmup_s / 2)

@@ -131,8 +131,8 @@ class Group:
     """N processes of one Python server module, each on its own port; the generator spreads over them."""
 
     def __init__(self, module: str, env: dict[str, str], tls: Path, logs: Path, workers: int,
-                 running: list) -> None:
-        self.members = [BridgeProcess(env, tls, logs, module=module, preexec_fn=server_affinity)
+                 running: list, root: Path = ROOT) -> None:
+        self.members = [BridgeProcess(env, tls, logs, module=module, preexec_fn=server_affinity, root=root)
                         for _ in range(workers)]
         # The bridge and the HTTP ceiling (the bridge's own serve()) have /readyz; the naive app not.
         self.has_readyz = module != NAIVE

@@ -53,8 +53,9 @@ class Bench:
         pid = self.broker.pid
         return [] if pid is None else [pid]
 
-    def group(self, module: str) -> Group:
-        return Group(module, self.env, self.tls, self.logs, self.workers, self.running)
+    def group(self, module: str, root: Path = ROOT) -> Group:
+        """`workers` processes of `module`, run from the checkout at `root`."""
+        return Group(module, self.env, self.tls, self.logs, self.workers, self.running, root)
 
     def go_reference(self) -> GoReceiver:
         assert isinstance(self.goref, Path)

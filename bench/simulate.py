@@ -30,13 +30,15 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+
+from tests.support import until
 
 PUSH_PATH = "/service-cloud/rest/cc-ai/v1/agentevent/pushresult"
 CONTENT_TYPE = "application/json; charset=UTF-8"
@@ -259,6 +261,24 @@ class Simulator:
     @property
     def pushes_acked(self) -> int:
         return self._pushes_acked
+
+    async def around(self, fault: Callable[[], Awaitable[None]], warm: Callable[[], bool], warm_within_s: float,
+                     what: str, after_s: float) -> Summary:
+        """A drill's load: once `warm()` holds (checked off the loop, within `warm_within_s`; `what`
+        names it), mark "fault" in the ledger, run `fault`, mark "restored" and keep the load for
+        `after_s` more; then stop it and close the ledger, whatever happened."""
+        load = asyncio.create_task(self.run())
+        try:
+            await until(lambda: warm() or load.done(), warm_within_s, what)
+            self.ledger.mark("fault")
+            await fault()
+            self.ledger.mark("restored")
+            await asyncio.sleep(after_s)
+        finally:
+            self.stop()
+            summary = await load
+            self.ledger.close()
+        return summary
 
     async def run(self) -> Summary:
         s = self.settings

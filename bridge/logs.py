@@ -16,12 +16,19 @@ LEVELS = {logging.DEBUG: "debug", logging.INFO: "info"}
 _second: list[Any] = [-1, ""]  # the last second formatted, and its text (reused while it lasts)
 
 
-def timestamp(moment: float) -> str:
-    """`moment` (seconds since the epoch) as ISO 8601 UTC with milliseconds and +00:00."""
+def utc_text(moment: float, zone: str) -> str:
+    """`moment` (seconds since the epoch) as ISO 8601 / RFC 3339 UTC with milliseconds, ending in
+    `zone` ("Z" for the records' ce_time, "+00:00" for log lines). The second's text is kept while
+    it lasts: a push and its log line format the same second."""
     whole = int(moment)
     if whole != _second[0]:
         _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
-    return f"{_second[1]}.{int(moment * 1000) % 1000:03d}+00:00"
+    return f"{_second[1]}.{int(moment * 1000) % 1000:03d}{zone}"
+
+
+def timestamp(moment: float) -> str:
+    """`moment` (seconds since the epoch) as ISO 8601 UTC with milliseconds and +00:00."""
+    return utc_text(moment, "+00:00")
 
 
 class JsonFormatter(logging.Formatter):

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import orjson
 
 from .config import Route
+from .logs import utc_text
 from .protocol import Push
 
 SPEC_VERSION = b"1.0"
@@ -64,7 +65,6 @@ class Router:
 
 _push_ids = itertools.count()
 _PROCESS_ID = os.urandom(6).hex()  # push ids: unique per process start, then a counter
-_second = [-1, ""]  # the last formatted second, reused while it lasts
 
 
 def new_push_id() -> str:
@@ -72,11 +72,8 @@ def new_push_id() -> str:
 
 
 def rfc3339(moment: float) -> bytes:
-    """`moment` (seconds since the epoch) as RFC 3339 UTC with milliseconds."""
-    whole = int(moment)
-    if whole != _second[0]:
-        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
-    return f"{_second[1]}.{int(moment * 1000) % 1000:03d}Z".encode()
+    """`moment` as the records' ce_time: RFC 3339 UTC with milliseconds."""
+    return utc_text(moment, "Z").encode()
 
 
 def source_for(node: str) -> bytes:

@@ -20,7 +20,6 @@ a hold whose cut is the end before the batch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import time
@@ -94,6 +93,11 @@ class Writer:
         self._closed = False
 
     @property
+    def _headroom(self) -> int:
+        """Less room than this, in the spool or on its file system, counts as full."""
+        return max(FULL_HEADROOM, self.max_bytes // 100)
+
+    @property
     def deadline_s(self) -> float:
         """How long an append waits for the disk."""
         return self._deadline_s
@@ -121,7 +125,7 @@ class Writer:
         if failing:
             return failing
         used = self._ledger.bytes
-        if self.max_bytes - used < max(FULL_HEADROOM, self.max_bytes // 100):
+        if self.max_bytes - used < self._headroom:
             return f"the spool is full ({used} of {self.max_bytes} bytes)"
         return ""
 
@@ -246,16 +250,16 @@ class Writer:
     async def _probe_until_healthy(self) -> None:
         """Every PROBE_EVERY_S, one small durable write in the slot (with room left for appends);
         the first that succeeds within the deadline ends the refusals."""
-        directory, room = self._ledger.directory, max(FULL_HEADROOM, self.max_bytes // 100)
+        directory = self._ledger.directory
         try:
             while True:
                 await asyncio.sleep(PROBE_EVERY_S)
-                probe = asyncio.ensure_future(self._io.run(files.probe, directory, room))
-                try:
-                    await asyncio.wait_for(asyncio.shield(probe), self._deadline_s)
-                except (OSError, TimeoutError):
-                    with contextlib.suppress(asyncio.CancelledError, OSError, TimeoutError):
-                        await probe  # one probe at a time: a stalled one is waited for
+                started = time.monotonic()
+                try:  # one probe at a time: a stalled one is waited for, and then does not count
+                    await self._io.run(files.probe, directory, self._headroom)
+                except OSError:
+                    continue
+                if time.monotonic() - started > self._deadline_s:
                     continue
                 log.warning("the spool writes again (%s); pushes that need it are taken", self._failure)
                 self._failure = ""

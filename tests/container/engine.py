@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import end_process
+
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = ROOT / "deploy" / "containers" / "setup-engine.sh"
 COMPOSE = Path(sysconfig.get_path("scripts")) / "docker-compose"
@@ -101,13 +103,7 @@ def start(scratch: Path) -> Engine:
 
 
 def stop(engine: Engine) -> None:
-    if engine.service is not None and engine.service.poll() is None:
-        engine.service.terminate()
-        try:
-            engine.service.wait(15)
-        except subprocess.TimeoutExpired:
-            engine.service.kill()
-            engine.service.wait(5)
+    end_process(engine.service, wait_s=15)
 
 
 class HealthDriver:

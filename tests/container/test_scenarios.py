@@ -71,17 +71,8 @@ async def scenario(stack: Stack, tmp_path, name: str, first_work_no: int, fault:
     started = time.monotonic()
     ledger = Ledger(tmp_path / f"{name}.jsonl")
     sim = gateway(stack, ledger, first_work_no=first_work_no, **REAL_TIMINGS)
-    run = asyncio.create_task(sim.run())
-    try:
-        await until(lambda: sim.pushes_acked >= WARM_PUSHES or run.done(), 90, f"{WARM_PUSHES} pushes answered")
-        ledger.mark("fault")
-        await fault(stack, ledger)
-        ledger.mark("restored")
-        await asyncio.sleep(AFTER_S)
-    finally:
-        sim.stop()
-        summary = await run
-        ledger.close()
+    summary = await sim.around(lambda: fault(stack, ledger), lambda: sim.pushes_acked >= WARM_PUSHES, 90,
+                               f"{WARM_PUSHES} pushes answered", AFTER_S)
     await stack_settled(stack)
     await spools_delivered(stack)
     figures = await read_back(stack, ledger)

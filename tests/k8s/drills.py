@@ -267,20 +267,13 @@ async def run_drill(cluster: Cluster, ledger_path: Path, name: str, first_work_n
     env = cluster.env
     sim = Simulator(SimSettings(url=env["PUSH_URL"], cafile=env["CA_FILE"], token=env["SERVICE_TOKEN"],
                                 first_work_no=first_work_no, **REAL_TIMINGS), ledger)
-    load = asyncio.create_task(sim.run())
-    try:
-        def warm() -> bool:
-            counts = Counter(entry["agent"] for entry in ledger.of_kind("ack"))
-            return load.done() or (len(counts) == AGENTS and min(counts.values()) >= WARM_PUSHES_EACH)
-        await until(warm, 120, f"every agent answered {WARM_PUSHES_EACH} times")
-        ledger.mark("fault")
-        await fault(cluster, ledger)
-        ledger.mark("restored")
-        await asyncio.sleep(AFTER_S)
-    finally:
-        sim.stop()
-        summary = await load
-        ledger.close()
+
+    def warm() -> bool:
+        counts = Counter(entry["agent"] for entry in ledger.of_kind("ack"))
+        return len(counts) == AGENTS and min(counts.values()) >= WARM_PUSHES_EACH
+
+    summary = await sim.around(lambda: fault(cluster, ledger), warm, 120,
+                               f"every agent answered {WARM_PUSHES_EACH} times", AFTER_S)
     await settle(cluster)
     records = await read_committed(cluster.kafka_options(), [TOPIC], 300, start=ends)
     ours = [seen(r) for r in records if r.key is not None and first_work_no <= int(r.key) < first_work_no + AGENTS]

@@ -3,7 +3,7 @@
 - paths: the repository root and the push path
 - ports: loopback ports reserved for the life of the process, never handed out twice
 - tls: a throw-away CA and localhost certificate
-- processes: freezing and thawing a process (a hung peer)
+- processes: ending a process the harness started; freezing and thawing one (a hung peer)
 - polling: waiting for a condition a blocking check reads, off the event loop
 - kafka: the local single-node broker (deploy/kafka-local) and the client settings that reach it
 - cluster: the local three-node Kafka cluster
@@ -23,12 +23,13 @@ from .kafka import Broker, load_kafkacluster, load_kafkalocal
 from .paths import PUSH_PATH, ROOT
 from .polling import until
 from .ports import free_port
+from .processes import end_process
 from .router import ROUTER_KEY_HEADER, ROUTER_LINE, Router, RouterRequest
 from .secret_volume import SecretVolume
 from .tls import certificate_for, make_tls
 
 __all__ = [
     "PUSH_PATH", "ROOT", "ROUTER_KEY_HEADER", "ROUTER_LINE", "BridgeProcess", "Broker", "Cluster", "LoadBalancer",
-    "Router", "RouterRequest", "SecretVolume", "certificate_for", "free_port", "load_kafkacluster", "load_kafkalocal",
-    "make_tls", "until",
+    "Router", "RouterRequest", "SecretVolume", "certificate_for", "end_process", "free_port", "load_kafkacluster",
+    "load_kafkalocal", "make_tls", "until",
 ]

@@ -34,6 +34,7 @@ class BridgeProcess:
     port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    root: Path = ROOT  # the checkout whose bridge runs (the benchmark compares two)
 
     @property
     def url(self) -> str:
@@ -59,7 +60,7 @@ class BridgeProcess:
             env.setdefault("BRIDGE_TLS_CERTFILE", str(self.tls / "server.pem"))
             env.setdefault("BRIDGE_TLS_KEYFILE", str(self.tls / "server.key"))
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", *self.module.split()], env=env, cwd=ROOT,
+            self.proc = subprocess.Popen([sys.executable, "-m", *self.module.split()], env=env, cwd=self.root,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          preexec_fn=self.preexec_fn)
         if wait:

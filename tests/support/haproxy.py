@@ -10,6 +10,7 @@ from pathlib import Path
 from .bridges import BridgeProcess
 from .paths import PUSH_PATH
 from .ports import free_port, port_open
+from .processes import end_process
 
 
 def haproxy_binary() -> Path:
@@ -70,6 +71,4 @@ class LoadBalancer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        end_process(self.proc)

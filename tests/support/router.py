@@ -15,6 +15,7 @@ from .bridges import BridgeProcess
 from .haproxy import haproxy_binary
 from .paths import PUSH_PATH, ROOT
 from .ports import free_port, port_open
+from .processes import end_process
 
 ROUTER_CONFIG = ROOT / "deploy" / "compose" / "router.cfg"
 ROUTER_KEY_HEADER = "x-cc-route-key"  # what the shipped router passes; the bridges' BRIDGE_ROUTER_KEY_HEADER
@@ -183,13 +184,7 @@ class Router:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.management_url + "/metrics", timeout=5) as response:
